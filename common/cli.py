@@ -1,0 +1,160 @@
+"""Command-line plumbing shared by every script: the common flags, their
+validation before any work starts, device selection, seeding and threads.
+
+Every user-facing problem (a bad flag value, missing data, no CUDA) is a
+`UserError`: it is printed as `<script>: error: <what is wrong and the fix>`
+and the process exits with code 2, without a traceback.
+"""
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATASETS = ("mnist", "fashion-mnist", "kmnist")
+
+
+class UserError(Exception):
+    """A problem the user can fix; its message names the problem and the fix."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind, test, what):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0 and np.isfinite(v), "a positive number")
+nonnegative_float = _number(float, lambda v: v >= 0 and np.isfinite(v), "a number >= 0")
+
+
+def make_parser(doc, *, iterations, batch_size, lr, eval_every):
+    """The flags every script shares, spelled the same everywhere.
+
+    `doc` is the script's module docstring; its first paragraph becomes the
+    description. The script passes its own defaults (the original paper's or
+    code's hyperparameters) and adds the flags of its idea afterwards.
+    `iterations=None` means the script has another way to end (--seconds).
+    """
+    parser = Parser(description=doc.strip().split("\n\n")[0],
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    shared = parser.add_argument_group("shared flags (the same in every script)")
+    shared.add_argument("--dataset", choices=DATASETS, default="mnist",
+                        help="MNIST-family dataset; files are found on disk or downloaded")
+    shared.add_argument("--data-dir", default="./data",
+                        help="where to look for (and download) the dataset files")
+    shared.add_argument("--device", default="auto",
+                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    shared.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="seed for weights and data order")
+    shared.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for torch (default: torch's own choice)")
+    shared.add_argument("--iterations", type=positive_int, default=iterations,
+                        help="training steps")
+    shared.add_argument("--batch-size", type=positive_int, default=batch_size,
+                        help="minibatch size")
+    shared.add_argument("--lr", type=positive_float, default=lr, help="learning rate")
+    shared.add_argument("--eval-every", type=positive_int, default=eval_every,
+                        help="evaluate on the test set every this many steps")
+    shared.add_argument("--out", default=None,
+                        help="run folder (default: runs/<script>/<time>-seed<seed>)")
+    shared.add_argument("--plot", action="store_true",
+                        help="also draw the curves as PNG files in the run folder")
+    return parser
+
+
+def resolve_device(spec):
+    """Turn --device into a torch.device, or raise UserError if it is not here."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError("--device mps: MPS is not available on this machine; "
+                            "use --device cpu or --device auto")
+        return torch.device("mps")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: no CUDA device is available here; "
+                            "use --device cpu or --device auto")
+        index = spec.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise UserError(f"--device {spec}: this machine has "
+                            f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
+        return torch.device(spec)
+    raise UserError(f"--device {spec}: unknown device; use auto, cpu, cuda, cuda:N or mps")
+
+
+def check_writable(folder):
+    """Make `folder` and prove a file can be written there, before any work."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"--out {folder}: cannot write there ({error.strerror}); "
+                        "choose a writable folder") from None
+
+
+def setup(parser, script, argv=None):
+    """Parse and validate the flags, then seed and pick the device.
+
+    Returns (args, device). Bad values exit with code 2 and one line,
+    before any data is loaded or model built.
+    """
+    args = parser.parse_args(argv)
+    if args.out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        args.out = os.path.join("runs", script, f"{stamp}-seed{args.seed}")
+    try:
+        device = resolve_device(args.device)
+        check_writable(args.out)
+    except UserError as error:
+        parser.error(str(error))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    return args, device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def run_script(main):
+    """Call main(); a UserError becomes one line on stderr and exit code 2."""
+    try:
+        main()
+    except UserError as error:
+        prog = os.path.basename(sys.argv[0])
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(2)

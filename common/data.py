@@ -1,0 +1,177 @@
+"""The MNIST family as device tensors, served as shuffled minibatches by slicing.
+
+Each split is read once into one normalised float tensor on the chosen
+device; a training batch is `x[indices]`, with no per-sample DataLoader or
+PIL in the loop. The shuffling order comes from a CPU generator seeded by
+--seed, so the same seed gives the same batches on every device.
+
+Where the files come from, in order:
+  1. the four IDX files (gzipped or not) in <data-dir>, <data-dir>/raw,
+     <data-dir>/<TorchvisionName>/raw, or Debian's /usr/share/datasets/<name>/
+     (package dataset-fashion-mnist). These are read directly, without
+     torchvision's md5 check, because Debian recompressed its copies;
+  2. otherwise torchvision downloads them into <data-dir>.
+"""
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision import datasets
+
+from common.cli import UserError
+
+TORCHVISION_CLASS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST,
+                     "kmnist": datasets.KMNIST}
+DEBIAN_DIR = Path("/usr/share/datasets")
+DEBIAN_PACKAGE = {"fashion-mnist": "dataset-fashion-mnist"}
+SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+NUM_CLASSES = 10
+
+
+@dataclass
+class Data:
+    """Both splits on one device. Images are (N, 1, 28, 28), or (N, 784) if flat."""
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int = NUM_CLASSES
+
+    @property
+    def input_size(self):
+        return self.train_x[0].numel()
+
+
+def search_dirs(name, data_dir):
+    data_dir = Path(data_dir)
+    return [data_dir, data_dir / "raw", data_dir / TORCHVISION_CLASS[name].__name__ / "raw",
+            DEBIAN_DIR / name]
+
+
+def find_files(folder):
+    """The four IDX paths in `folder` (plain or .gz), or None if any is missing."""
+    found = {}
+    for split, stems in SPLIT_FILES.items():
+        for stem in stems:
+            for candidate in (folder / stem, folder / f"{stem}.gz"):
+                if candidate.is_file():
+                    found[stem] = candidate
+                    break
+            else:
+                return None
+    return found
+
+
+def read_idx(path, expected_ndim):
+    """Read one IDX file of unsigned bytes (MNIST's format) into a uint8 tensor.
+
+    Header: two zero bytes, type code 0x08 (ubyte), number of dimensions,
+    then each dimension as a big-endian uint32; the data follows.
+    """
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{path}: cannot read it ({error}); the file is truncated or "
+                        "corrupt: delete it and fetch it again") from None
+    header = 4 + 4 * expected_ndim
+    if len(raw) < header or raw[:3] != b"\x00\x00\x08" or raw[3] != expected_ndim:
+        raise UserError(f"{path}: not an IDX file of {expected_ndim}-D unsigned bytes; "
+                        "the file is wrong or corrupt: delete it and fetch it again")
+    shape = struct.unpack(f">{expected_ndim}I", raw[4:header])
+    expected = 1
+    for size in shape:
+        expected *= size
+    if len(raw) - header != expected:
+        raise UserError(f"{path}: header promises {expected} bytes of data, file has "
+                        f"{len(raw) - header}; it is truncated or corrupt: delete it "
+                        "and fetch it again")
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
+
+
+def locate(name, data_dir):
+    """Find the files on disk, or download them with torchvision; UserError if neither."""
+    places = search_dirs(name, data_dir)
+    for folder in places:
+        files = find_files(folder)
+        if files:
+            return files
+    try:
+        for train in (True, False):
+            TORCHVISION_CLASS[name](root=str(data_dir), train=train, download=True)
+    except Exception as error:  # torchvision raises RuntimeError/URLError/OSError offline
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        package = DEBIAN_PACKAGE.get(name)
+        debian = (f"apt-get install {package} (found automatically)" if package else
+                  f"no Debian package carries {name}; use --dataset fashion-mnist offline")
+        searched = "\n".join(f"  {p}" for p in places)
+        raise UserError(
+            f"dataset {name} not found and could not be downloaded ({reason}).\n"
+            f"Searched for the four IDX files (gzipped or not) in:\n{searched}\n"
+            "Fixes: (1) connect to the internet, torchvision downloads it; "
+            f"(2) put the files in one of the folders above and pass --data-dir; (3) {debian}")
+    files = find_files(places[2])
+    if not files:
+        raise UserError(f"torchvision reported success but the files are not in {places[2]}")
+    return files
+
+
+def load_data(name, data_dir, device, flat=False):
+    """Load both splits of `name` onto `device`, normalised with the train mean/std."""
+    files = locate(name, data_dir)
+    splits = {}
+    for split, (images_stem, labels_stem) in SPLIT_FILES.items():
+        images = read_idx(files[images_stem], 3)
+        labels = read_idx(files[labels_stem], 1)
+        if len(images) != len(labels):
+            raise UserError(f"{files[labels_stem]}: {len(labels)} labels for "
+                            f"{len(images)} images in {files[images_stem]}; one of them is "
+                            "wrong: delete both and fetch them again")
+        if labels.numel() and int(labels.max()) >= NUM_CLASSES:
+            raise UserError(f"{files[labels_stem]}: label {int(labels.max())} is out of "
+                            "range 0-9; the file is wrong: fetch it again")
+        splits[split] = (images.float().div_(255), labels.long())
+    mean, std = splits["train"][0].mean(), splits["train"][0].std()
+    tensors = []
+    for images, labels in splits.values():
+        images = ((images - mean) / std).unsqueeze(1)
+        if flat:
+            images = images.flatten(1)
+        tensors += [images.contiguous().to(device), labels.to(device)]
+    return Data(name, *tensors)
+
+
+class Batches:
+    """Endless shuffled minibatches of (x, y), sliced from device tensors.
+
+    Each epoch is a fresh permutation drawn from a CPU generator seeded with
+    `seed` (device-independent); the last incomplete batch of an epoch is
+    dropped so every step sees `batch_size` examples. `epoch` counts the
+    fraction of epochs served so far.
+    """
+
+    def __init__(self, x, y, batch_size, seed):
+        if batch_size > len(x):
+            raise UserError(f"--batch-size {batch_size} is larger than the training set "
+                            f"({len(x)} examples); use a smaller batch")
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.served = 0
+
+    @property
+    def epoch(self):
+        return self.served / len(self.x)
+
+    def __iter__(self):
+        n, size = len(self.x), self.batch_size
+        while True:
+            order = torch.randperm(n, generator=self.generator).to(self.x.device)
+            for start in range(0, n - size + 1, size):
+                index = order[start:start + size]
+                self.served += size
+                yield self.x[index], self.y[index]

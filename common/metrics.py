@@ -1,0 +1,217 @@
+"""The run folder, the printed curve and the summary: the same in every script.
+
+    with Run(args, "single_mach", device, total=args.iterations) as run:
+        for step in run.steps():
+            ...train...
+            if step % args.eval_every == 0 or step == args.iterations:
+                with run.evaluating():          # not counted as training time
+                    acc = ...
+                run.log(step, epoch, accuracy={"teacher": acc}, losses={"ce": ce})
+
+writes, in the run folder (--out):
+  config.json   the flags, torch version, device and hardware, at the start;
+  metrics.csv   one row per evaluation, flushed at once;
+  summary.json  script, dataset, seed, device, iterations, train_seconds,
+                status (completed | interrupted | diverged | failed),
+                test_accuracy {component: fraction} and best_test_accuracy,
+                whatever the ending. Scripts may add keys to `run.summary`.
+
+Ctrl-C ends the run with status interrupted (exit 130); a NaN or inf loss
+given to `log` ends it with status diverged (exit 1) and a hint to lower --lr.
+"""
+import csv
+import json
+import math
+import os
+import platform
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+
+class Diverged(Exception):
+    """A logged loss was NaN or infinite."""
+
+
+def hardware(device):
+    """A short description of what the run ran on, for tables."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def synchronize(device):
+    """Wait for queued GPU work so the clock reads real elapsed time."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@torch.inference_mode()
+def evaluate(predict, x, y, batch_size=2000):
+    """(mean cross-entropy, accuracy) of `predict(x) -> logits` over a whole split."""
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        logits = predict(x[start:start + batch_size])
+        target = y[start:start + batch_size]
+        total_loss += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        correct += (logits.argmax(1) == target).sum().item()
+    return total_loss / len(x), correct / len(x)
+
+
+class Run:
+    def __init__(self, args, script, device, total=None):
+        self.args, self.script, self.device, self.total = args, script, device, total
+        self.dir = Path(args.out)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config = dict(vars(args), script=script, torch=torch.__version__,
+                      device_used=str(device), hardware=hardware(device),
+                      command=" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
+        (self.dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        self.rows, self.columns = [], []
+        self.best = {}
+        self.eval_seconds = 0.0
+        self.iteration = 0
+        self.summary = {"script": script, "dataset": getattr(args, "dataset", None),
+                        "seed": getattr(args, "seed", None), "device": str(device),
+                        "hardware": config["hardware"], "iterations": 0,
+                        "train_seconds": 0.0, "status": "running", "test_accuracy": {}}
+        self.progress = tqdm(total=total, disable=not sys.stdout.isatty(), leave=False,
+                             dynamic_ncols=True, desc=script)
+        self.start = time.perf_counter()
+
+    # -- timing ---------------------------------------------------------------
+    def elapsed(self):
+        return time.perf_counter() - self.start
+
+    def train_seconds(self):
+        return self.elapsed() - self.eval_seconds
+
+    @contextmanager
+    def evaluating(self):
+        """Time spent inside does not count as training time."""
+        synchronize(self.device)
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            self.eval_seconds += time.perf_counter() - began
+
+    def steps(self, total=None):
+        """Yield step numbers 1..total, advancing the progress bar."""
+        for step in range(1, (total or self.total) + 1):
+            self.iteration = step
+            yield step
+            self.progress.update(1)
+
+    # -- logging --------------------------------------------------------------
+    def log(self, iteration, epoch, accuracy=None, losses=None, extra=None):
+        """One evaluation: print a fixed-format line and append a CSV row.
+
+        accuracy: {component: test accuracy fraction}; losses: {name: value};
+        extra: any other numbers worth a column. A non-finite loss raises Diverged
+        after the row is written.
+        """
+        synchronize(self.device)
+        accuracy, losses, extra = accuracy or {}, losses or {}, extra or {}
+        self.iteration = iteration
+        row = {"iteration": iteration, "epoch": round(epoch, 4),
+               "seconds": round(self.elapsed(), 3), "train_seconds": round(self.train_seconds(), 3)}
+        row.update({f"acc/{k}": round(v, 5) for k, v in accuracy.items()})
+        row.update({f"loss/{k}": v for k, v in losses.items()})
+        row.update(extra)
+        self._write_row(row)
+        for name, value in accuracy.items():
+            self.best[name] = max(self.best.get(name, 0.0), value)
+            self.summary["test_accuracy"][name] = value
+        line = (f"iter {iteration:>7d} | epoch {epoch:6.2f} | {row['seconds']:7.1f} s"
+                + (" | acc " + " ".join(f"{k} {v:.4f}" for k, v in accuracy.items()) if accuracy else "")
+                + (" | loss " + " ".join(f"{k} {v:.4g}" for k, v in losses.items()) if losses else "")
+                + (" | " + " ".join(f"{k} {_fmt(v)}" for k, v in extra.items()) if extra else ""))
+        self.print(line)
+        bad = [name for name, value in losses.items() if not math.isfinite(value)]
+        if bad:
+            raise Diverged(f"loss {bad[0]} became {losses[bad[0]]} at iteration {iteration}")
+
+    def print(self, line):
+        """Print above the progress bar (or plainly when there is none)."""
+        if self.progress.disable:
+            print(line, flush=True)
+        else:
+            self.progress.write(line)
+
+    def _write_row(self, row):
+        self.rows.append(row)
+        path = self.dir / "metrics.csv"
+        new = [k for k in row if k not in self.columns]
+        if new:  # a new column: rewrite the (small) file with the wider header
+            self.columns += new
+            with open(path, "w", newline="") as f:
+                writer = csv.DictWriter(f, self.columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+        else:
+            with open(path, "a", newline="") as f:
+                csv.DictWriter(f, self.columns).writerow(row)
+
+    # -- ending ---------------------------------------------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        self.progress.close()
+        if kind is None:
+            status = "completed"
+        elif issubclass(kind, KeyboardInterrupt):
+            status = "interrupted"
+        elif issubclass(kind, Diverged):
+            status = "diverged"
+        else:
+            status = "failed"
+        self.finish(status, error)
+        if status == "interrupted":
+            raise SystemExit(130)
+        if status == "diverged":
+            print(f"{self.script}: diverged: {error}. Try a lower --lr.", file=sys.stderr)
+            raise SystemExit(1)
+        return False  # a real bug keeps its traceback
+
+    def finish(self, status, error=None):
+        self.summary.update(status=status, iterations=self.iteration,
+                            train_seconds=round(self.train_seconds(), 3),
+                            wall_seconds=round(self.elapsed(), 3),
+                            best_test_accuracy=self.best)
+        if error is not None and status != "completed":
+            self.summary["error"] = str(error) or type(error).__name__
+        (self.dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+        if getattr(self.args, "plot", False) and self.rows:
+            from common.plots import plot_run
+            plot_run(self.dir)
+        self.print_table(status)
+
+    def print_table(self, status):
+        acc = self.summary["test_accuracy"]
+        self.print(f"== {self.script} {status}: {self.iteration} iterations, "
+                   f"{self.summary['train_seconds']:.1f} s training, "
+                   f"{self.summary['wall_seconds']:.1f} s wall, run folder {self.dir} ==")
+        if acc:
+            width = max(len("component"), *(len(k) for k in acc))
+            self.print(f"{'component':<{width}}  final acc  best acc")
+            for name, value in acc.items():
+                self.print(f"{name:<{width}}  {value:9.4f}  {self.best.get(name, value):8.4f}")
+
+
+def _fmt(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
