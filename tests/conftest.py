@@ -1,0 +1,82 @@
+"""Shared test helpers: tiny IDX datasets written on the spot, and running a
+script as a subprocess the way a user would."""
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+LABEL_FILES = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
+
+
+def idx_bytes(array):
+    """The IDX encoding of a uint8 array: 0, 0, 0x08, ndim, big-endian dims, data."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_idx(path, array, gz=False):
+    path = Path(str(path) + ".gz") if gz else Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = idx_bytes(array)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def make_tiny_dataset(folder, n_train=600, n_test=200, gz=False, seed=0):
+    """Four IDX files of a learnable 10-class toy problem in `folder`.
+
+    Each class is a fixed random 28x28 template; an example is its class's
+    template plus noise, so a small network beats chance within a few
+    dozen steps.
+    """
+    rng = np.random.default_rng(seed)
+    templates = rng.uniform(0, 255, size=(10, 28, 28))
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        images = templates[labels] * 0.6 + rng.uniform(0, 255 * 0.4, size=(n, 28, 28))
+        write_idx(Path(folder) / IMAGE_FILES[split], images.astype(np.uint8), gz)
+        write_idx(Path(folder) / LABEL_FILES[split], labels.astype(np.uint8), gz)
+    return Path(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A folder holding a tiny dataset, to pass as --data-dir (with --dataset mnist)."""
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+def run_script(script, *args, timeout=180, threads=1):
+    """Run `python <script> args...` from the repository root; returns CompletedProcess."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_run(folder):
+    """(config, summary, metrics rows) of a run folder."""
+    import csv
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())
+    with open(folder / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return config, summary, rows
+
+
+needs_fashion = pytest.mark.skipif(
+    not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST from Debian is not installed (apt-get install dataset-fashion-mnist); "
+           "CI installs it")
