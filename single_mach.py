@@ -81,6 +81,15 @@ class SingleMach(nn.Module):
         return self.logits(self.student(x))
 
 
+def train_step(model, optimizer, x, y):
+    """Both losses, one backward, one Adam update; stop-gradient keeps the two apart."""
+    cross_entropy, distill = model.losses(x, y)
+    optimizer.zero_grad(set_to_none=True)
+    (cross_entropy + distill).backward()
+    optimizer.step()
+    return cross_entropy, distill
+
+
 def main(argv=None):
     args, device = cli.setup(build_parser(), "single_mach", argv)
     data = load_data(args.dataset, args.data_dir, device, flat=True)
@@ -93,11 +102,7 @@ def main(argv=None):
 
     with Run(args, "single_mach", device, total=args.iterations) as run:
         for step in run.steps():
-            x, y = next(stream)
-            cross_entropy, distill = model.losses(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            (cross_entropy + distill).backward()
-            optimizer.step()
+            cross_entropy, distill = train_step(model, optimizer, *next(stream))
 
             if step % args.eval_every == 0 or step == args.iterations:
                 with run.evaluating(), torch.inference_mode():

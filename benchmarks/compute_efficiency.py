@@ -1,0 +1,133 @@
+"""Compute efficiency: how close each MLP script's training step comes to the
+matrix-multiply throughput this machine shows on the same shapes.
+
+For each script, one training step (forward, losses, backward, optimizer)
+at its default sizes is run under a dispatch mode that records every matrix
+multiply it makes (aten.mm / addmm / bmm, with shapes and strides) and
+counts its FLOPs (torch.utils.flop_counter). Then the same multiplies are
+replayed alone, as plain GEMMs on fresh tensors of the same layout.
+
+    efficiency = (step FLOPs / step time) / (same FLOPs / GEMM-only time)
+               = GEMM-only time / step time
+
+The target is 0.7: a step should spend at most 30 % of its time outside
+the matrix multiplies it cannot avoid (activations, losses, optimizer,
+autograd overhead).
+
+    python benchmarks/compute_efficiency.py [--scripts single_mach ...] [--threads N]
+"""
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from common.metrics import hardware  # noqa: E402
+
+aten = torch.ops.aten
+MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
+
+
+class RecordMatmuls(TorchDispatchMode):
+    """Remember (op, [(size, stride) of each tensor argument]) of every matmul."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in MATMULS:
+            self.calls.append((func, [(a.shape, a.stride()) if isinstance(a, torch.Tensor) else a
+                                      for a in args]))
+        return func(*args, **(kwargs or {}))
+
+
+def replay(calls):
+    """Fresh tensors in the recorded layouts, and a function that runs the GEMMs."""
+    prepared = []
+    for func, args in calls:
+        tensors = [torch.empty_strided(a[0], a[1]).normal_() if isinstance(a, tuple) else a
+                   for a in args]
+        prepared.append((func, tensors))
+
+    def run():
+        for func, tensors in prepared:
+            func(*tensors)
+    return run
+
+
+def seconds_per_call(fn, min_seconds=2.0, warmup=10):
+    for _ in range(warmup):
+        fn()
+    calls, began = 0, time.perf_counter()
+    while time.perf_counter() - began < min_seconds:
+        fn()
+        calls += 1
+    return (time.perf_counter() - began) / calls
+
+
+def single_mach_step():
+    module = importlib.import_module("single_mach")
+    model = module.SingleMach(784, [512, 256], 128, 10, "tf")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
+    return lambda: module.train_step(model, optimizer, x, y)
+
+
+# script name -> a function returning a zero-argument training step at default sizes
+STEPS = {"single_mach": single_mach_step}
+
+
+def measure(name, step, seconds):
+    step()  # build optimizer state before counting
+    with FlopCounterMode(display=False) as counter:
+        step()
+    recorder = RecordMatmuls()
+    with recorder:
+        step()
+    flops = counter.get_total_flops()
+    step_time = seconds_per_call(step, seconds)
+    gemm_time = seconds_per_call(replay(recorder.calls), seconds)
+    return {"script": name, "gflop_per_step": round(flops / 1e9, 4),
+            "matmuls_per_step": len(recorder.calls),
+            "step_ms": round(step_time * 1e3, 3), "gemm_only_ms": round(gemm_time * 1e3, 3),
+            "step_gflops": round(flops / step_time / 1e9, 1),
+            "gemm_gflops": round(flops / gemm_time / 1e9, 1),
+            "efficiency": round(gemm_time / step_time, 3), "target": 0.7}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scripts", nargs="+", choices=sorted(STEPS), default=sorted(STEPS))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing window per measurement")
+    parser.add_argument("--json", default="results/benchmarks/compute_efficiency.json")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = [measure(name, STEPS[name](), args.seconds) for name in args.scripts]
+    print(f"compute efficiency on {hardware(torch.device('cpu'))}")
+    print(f"{'script':<16} {'GFLOP/step':>10} {'step ms':>8} {'GEMM ms':>8} "
+          f"{'step GFLOP/s':>12} {'GEMM GFLOP/s':>12} {'efficiency':>10}")
+    for r in rows:
+        verdict = "met" if r["efficiency"] >= r["target"] else "MISSED"
+        print(f"{r['script']:<16} {r['gflop_per_step']:>10.3f} {r['step_ms']:>8.2f} "
+              f"{r['gemm_only_ms']:>8.2f} {r['step_gflops']:>12.1f} {r['gemm_gflops']:>12.1f} "
+              f"{r['efficiency']:>10.2f}  (target >= 0.7: {verdict})")
+    result = {"benchmark": "compute_efficiency", "hardware": hardware(torch.device("cpu")),
+              "torch": torch.__version__, "rows": rows}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
