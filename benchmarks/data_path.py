@@ -8,7 +8,7 @@ Measures, in one run on this machine:
   2. the share of a single_mach.py training step spent getting the batch
      (target: under 5 %).
 
-    python benchmarks/data_path.py [--threads N] [--json results/benchmarks/data_path.json]
+    python benchmarks/data_path.py [--threads N] [--samples N] [--json results/benchmarks/data_path.json]
 """
 import argparse
 import gzip
@@ -38,12 +38,15 @@ def torchvision_root(files):
     return root
 
 
-def epoch_rate_dataloader(root, batch_size):
+def epoch_rate_dataloader(root, batch_size, samples):
     from torchvision import datasets, transforms
     dataset = datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor())
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
-    began = time.perf_counter()
-    n = sum(len(x) for x, _ in loader)
+    began, n = time.perf_counter(), 0
+    for x, _ in loader:
+        n += len(x)
+        if n >= samples:
+            break
     return n / (time.perf_counter() - began)
 
 
@@ -81,6 +84,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=300, help="single_mach steps to time")
+    parser.add_argument("--samples", type=int, default=60_000,
+                        help="samples to draw through the DataLoader (default: one epoch)")
     parser.add_argument("--json", default="results/benchmarks/data_path.json")
     args = parser.parse_args(argv)
     if args.threads:
@@ -89,7 +94,7 @@ def main(argv=None):
     data = load_data("fashion-mnist", "./data", cpu)
     root = torchvision_root(locate("fashion-mnist", "./data"))
     try:
-        baseline = epoch_rate_dataloader(root, args.batch_size)
+        baseline = epoch_rate_dataloader(root, args.batch_size, args.samples)
     finally:
         shutil.rmtree(root)
     ours = epoch_rate_slicing(data, args.batch_size)

@@ -1,0 +1,82 @@
+"""Regenerate every benchmark figure and every results table, from scratch.
+
+    python benchmarks/run_all.py            # benchmarks + 3-seed experiment runs (long: about an hour on 2 cores)
+    python benchmarks/run_all.py --quick    # the benchmarks' quick modes only (under a minute)
+    python benchmarks/run_all.py --only benchmarks   # skip the experiment runs
+
+Each step is a subprocess, run one after another so timings do not overlap;
+each writes JSON under results/ and the experiment runs write their run
+folders under results/<script>/. The README's tables and assets/ plots are
+then rewritten by benchmarks/make_results.py. A failed step is reported at
+the end and makes the exit code non-zero; the others still run.
+"""
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+SEEDS = (0, 1, 2)
+
+# name -> (full flags, quick flags or None to skip in --quick); each is benchmarks/<name>.py
+BENCHMARKS = {
+    "data_path": ([], ["--steps", "50", "--samples", "10000"]),
+    "compute_efficiency": ([], ["--seconds", "0.3"]),
+}
+
+# (script, extra flags) run for every seed into results/<script>/<name>-seed<k>
+EXPERIMENTS = [
+    ("single_mach", "defaults", ["--plot"]),
+]
+
+
+def run(name, command):
+    print(f"\n=== {name}: {' '.join(map(str, command))}", flush=True)
+    began = time.perf_counter()
+    code = subprocess.call(command, cwd=ROOT)
+    print(f"=== {name}: exit {code} after {time.perf_counter() - began:.0f} s", flush=True)
+    return code
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="benchmarks' quick modes only")
+    parser.add_argument("--only", choices=["benchmarks", "experiments"], default=None)
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--json-dir", default=None,
+                        help="where benchmark JSON goes (default results/benchmarks, "
+                             "or a temporary folder with --quick so real results stay)")
+    args = parser.parse_args(argv)
+    failed = []
+    if args.only != "experiments":
+        json_dir = Path(args.json_dir or (tempfile.mkdtemp() if args.quick else
+                                          ROOT / "results" / "benchmarks"))
+        for name, (full, quick) in BENCHMARKS.items():
+            flags = quick if args.quick else full
+            if flags is None:
+                continue
+            command = [PY, f"benchmarks/{name}.py", *flags, "--json", str(json_dir / f"{name}.json")]
+            if run(name, command) != 0:
+                failed.append(name)
+        print(f"benchmark JSON in {json_dir}")
+    if not args.quick and args.only != "benchmarks":
+        for script, label, flags in EXPERIMENTS:
+            for seed in SEEDS:
+                out = ROOT / "results" / script / f"{label}-seed{seed}"
+                shutil.rmtree(out, ignore_errors=True)
+                command = [PY, f"{script}.py", "--dataset", args.dataset, *flags,
+                           "--seed", str(seed), "--out", str(out.relative_to(ROOT))]
+                if run(f"{script} {label} seed {seed}", command) != 0:
+                    failed.append(f"{script} {label} seed {seed}")
+    if not args.quick:
+        run("make_results", [PY, "benchmarks/make_results.py"])
+    print("\nrun_all: " + (f"FAILED: {', '.join(failed)}" if failed else "all steps succeeded"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
