@@ -1,0 +1,154 @@
+"""kgraph_mach.py end to end, its mechanisms (locality, stop-gradients, the classroom) and its flags."""
+import re
+
+import pytest
+import torch
+
+import kgraph_mach
+from conftest import read_run, run_script
+
+LINE = re.compile(r"^iter +\d+ \| epoch +[\d.]+ \| +[\d.]+ s \| acc teacher_0 [\d.]+ teacher_1 [\d.]+ "
+                  r"teacher_2 [\d.]+ ensemble [\d.]+ \| loss ce_0 \S+ ce_1 \S+ ce_2 \S+ "
+                  r"distill_0 \S+ distill_1 \S+ distill_2 \S+$")
+
+
+def small_model(k=3, classroom="mlp", seed=0):
+    torch.manual_seed(seed)
+    return kgraph_mach.KGraphMach(k, 20, [16, 12], 8, 10, "tf", classroom)
+
+
+def test_smoke_run_writes_every_file(tiny_data, tmp_path):
+    """The default mlp classroom end to end (sum is checked in-process below)."""
+    classroom = "mlp"
+    out = tmp_path / "run"
+    result = run_script("kgraph_mach.py", "--dataset", "mnist", "--data-dir", tiny_data, "--k", 3,
+                        "--classroom", classroom, "--iterations", 30, "--eval-every", 15,
+                        "--threads", 1, "--out", out)
+    assert result.returncode == 0, result.stderr
+    lines = [l for l in result.stdout.splitlines() if l.startswith("iter")]
+    assert len(lines) == 2 and all(LINE.match(l) for l in lines), result.stdout
+    config, summary, rows = read_run(out)
+    assert config["k"] == 3 and config["classroom"] == classroom
+    assert summary["status"] == "completed" and summary["iterations"] == 30
+    assert set(summary["test_accuracy"]) == {"teacher_0", "teacher_1", "teacher_2", "ensemble"}
+    assert set(summary["distill_loss"]) == {"teacher_0", "teacher_1", "teacher_2"}
+    assert {"acc/teacher_0", "acc/ensemble", "loss/distill_2", "train_seconds"} <= set(rows[0])
+    assert [int(r["iteration"]) for r in rows] == [15, 30]
+    # the toy classes are easy: working teachers are far above chance after 30 steps
+    assert min(summary["test_accuracy"].values()) > 0.5
+
+
+def test_local_output_never_touches_other_components():
+    """NaN in every other component (students, teachers, logits, classrooms) leaves teacher_1 unchanged."""
+    model = small_model()
+    x = torch.randn(6, 20)
+    with torch.no_grad():
+        before = model.local_logits(1, x)
+        for i in (0, 2):
+            for part in (model.students[i], model.teachers[i], model.logits[i], model.classrooms[i]):
+                for p in part.parameters():
+                    p.fill_(float("nan"))
+        after = model.local_logits(1, x)
+        ensemble = model.ensemble_logits(x)
+    assert torch.isfinite(after).all()
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert torch.isnan(ensemble).all()  # the ensemble does run them: the test can fail
+
+
+def grads(module):
+    return [p.grad for p in module.parameters()]
+
+
+def untouched(gradients):
+    """No gradient, or an exactly zero one (indexing a stacked loss sends zeros to the others)."""
+    return all(g is None or not g.any() for g in gradients)
+
+
+def test_teacher_loss_reaches_no_student_and_no_other_teacher():
+    model = small_model()
+    x, y = torch.randn(6, 20), torch.randint(0, 10, (6,))
+    cross_entropies, _ = model.losses(x, y)
+    cross_entropies[1].backward()
+    assert untouched(grads(model.students))
+    for i in (0, 2):
+        assert untouched(grads(model.teachers[i]) + grads(model.logits[i]))
+    assert all(g is not None and g.abs().sum() > 0
+               for g in grads(model.teachers[1]) + grads(model.logits[1]))
+
+
+@pytest.mark.parametrize("classroom", ["mlp", "sum"])
+def test_distillation_reaches_only_its_student(classroom):
+    model = small_model(classroom=classroom)
+    x, y = torch.randn(6, 20), torch.randint(0, 10, (6,))
+    _, distills = model.losses(x, y)
+    distills[0].backward()
+    assert untouched(grads(model.teachers) + grads(model.logits))
+    assert untouched(g for i in (1, 2) for g in grads(model.students[i]))
+    assert all(g is not None and g.abs().sum() > 0 for g in grads(model.students[0]))
+    if classroom == "mlp":  # as in the original, the classroom is never trained
+        assert all(not p.requires_grad for p in model.classrooms.parameters())
+
+
+def test_sum_classroom_is_the_sum_of_the_other_teachers():
+    model = small_model(classroom="sum")
+    x, y = torch.randn(5, 20), torch.randint(0, 10, (5,))
+    _, distills = model.losses(x, y)
+    t = [model.teacher_embedding(i, x) for i in range(3)]
+    s = [student(x) for student in model.students]
+    expected = torch.stack([((t[1] + t[2] - s[0]) ** 2).sum() / 2,
+                            ((t[0] + t[2] - s[1]) ** 2).sum() / 2,
+                            ((t[0] + t[1] - s[2]) ** 2).sum() / 2])
+    torch.testing.assert_close(distills, expected)
+
+
+def test_mlp_classroom_reads_the_others_in_order():
+    model = small_model(classroom="mlp")
+    x = torch.randn(5, 20)
+    t = [model.teacher_embedding(i, x) for i in range(3)]
+    torch.testing.assert_close(model.classroom_target(1, t),
+                               model.classrooms[1](torch.cat([t[0], t[2]], 1)))
+
+
+def test_ensemble_is_the_mean_of_the_logits():
+    model = small_model()
+    x = torch.randn(5, 20)
+    expected = sum(model.local_logits(i, x) for i in range(3)) / 3
+    torch.testing.assert_close(model.ensemble_logits(x), expected)
+
+
+def test_train_step_updates_every_trained_parameter():
+    model = small_model()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=1e-3, fused=True)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p.detach().clone() for p in model.classrooms.parameters()]
+    before = [p.detach().clone() for p in trained]
+    cross_entropies, distills = kgraph_mach.train_step(
+        model, optimizer, torch.randn(6, 20), torch.randint(0, 10, (6,)))
+    assert cross_entropies.shape == distills.shape == (3,)
+    assert all(not torch.equal(b, p) for b, p in zip(before, trained))
+    assert all(torch.equal(b, p) for b, p in zip(frozen, model.classrooms.parameters()))
+
+
+BAD_FLAGS = [
+    (["--k", "1"], "--k 1: a graph needs at least 2 components"),
+    (["--k", "0"], "--k 0: a graph needs at least 2 components"),
+    (["--embedding-size", "0"], "--embedding-size: expected a positive integer, got 0"),
+    (["--classroom", "mean"], "--classroom: invalid choice: 'mean'"),
+    (["--hidden", "0", "256"], "--hidden: expected a positive integer, got 0"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_FLAGS, ids=[" ".join(f[0]) for f in BAD_FLAGS])
+def test_bad_flag_is_one_line_and_exit_2(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        kgraph_mach.main([*flags, "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_bad_k_from_the_shell_has_no_traceback(tmp_path):
+    result = run_script("kgraph_mach.py", "--k", "1", "--out", tmp_path / "r")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
