@@ -471,7 +471,7 @@ class Worker:
                 break
         self.evaluate()
         self.report(finished=True)
-        self.board.set(f"finished/{self.rank}", 1)
+        self.board.set(f"finished/{self.rank}", "1")
 
 
 def run_worker(worker):
@@ -562,7 +562,7 @@ def run_threads(args, device, run):
     try:
         monitor(run, board, args.components, args)
     finally:
-        board.set("stop", 1)
+        board.set("stop", "1")
         for t in threads:
             t.join(timeout=args.peer_timeout + 5)
 
@@ -608,6 +608,9 @@ def run_processes(args, run):
                              name=f"component_{i}") for i in range(args.components)]
     for p in procs:
         p.start()
+    # who is who, for `kill` in demos and tests
+    (run.dir / "workers.json").write_text(json.dumps(
+        {f"component_{i}": p.pid for i, p in enumerate(procs)}) + "\n")
 
     def alive():
         for i, p in enumerate(procs):
@@ -619,7 +622,7 @@ def run_processes(args, run):
     try:
         monitor(run, board, args.components, args, alive)
     finally:
-        board.set("stop", 1)
+        board.set("stop", "1")
         deadline = time.perf_counter() + 5
         for p in procs:
             p.join(timeout=max(0.1, deadline - time.perf_counter()))
@@ -654,7 +657,7 @@ def run_torchrun(args, device, rank, run=None):
         thread.join()
         transport.close()
     finally:
-        board.set("stop", 1)
+        board.set("stop", "1")
 
 
 # ============================================================================ main
