@@ -448,23 +448,27 @@ class Worker:
                 self.handle(m)
                 busy = True
             if not self.done_sent and not self.waiting:
-                if slow:
-                    time.sleep(slow)
-                if args.fail_component == self.rank and self.stats["steps"] >= args.fail_after:
-                    raise RuntimeError(f"failing on purpose after {args.fail_after} steps "
-                                       "(--fail-component)")
-                self.step()
                 steps = self.stats["steps"]
                 if steps >= next_eval:
                     self.evaluate()
                     next_eval += args.eval_every
-                out_of_time = args.seconds is not None and now - self.start >= args.seconds
-                if out_of_time or (args.seconds is None and steps >= args.iterations):
+                if args.seconds is not None:
+                    finished = now - self.start >= args.seconds
+                else:
+                    finished = steps >= args.iterations
+                if finished:
                     self.done_sent = True
                     for n in self.neighbours:
                         self.send(n, kind="done")
                     for n in sorted(self.done_from):
                         self.say_bye(n)
+                else:
+                    if slow:
+                        time.sleep(slow)
+                    if args.fail_component == self.rank and steps >= args.fail_after:
+                        raise RuntimeError(f"failing on purpose after {args.fail_after} steps "
+                                           "(--fail-component)")
+                    self.step()
             self.learn()
             if (self.done_sent and self.done_from == set(self.neighbours)
                     and self.bye_from == set(self.neighbours)):
