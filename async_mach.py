@@ -424,7 +424,7 @@ class Worker:
         self.start = now = time.perf_counter()
         heard = {n: now for n in self.neighbours}
         next_beat = next_report = now
-        next_eval = args.eval_every
+        next_eval = 0  # step 0 too: the curve starts at chance
         while True:
             now = time.perf_counter()
             if now >= next_report:
