@@ -1,0 +1,226 @@
+"""Message passing between asynchronous components, the same for threads,
+processes on one machine and ranks on several hosts. Nothing here knows
+what the messages mean: async_mach.py defines the protocol.
+
+Two planes:
+  * messages (the data plane): `send(dst, message)` is fire-and-forget;
+    `receive(timeout)` returns the next message that is due, or None.
+    A message is a small dict of numbers, lists and tensors.
+      - ThreadTransport: one bounded queue.Queue per component;
+      - GlooTransport: torch.distributed point-to-point over gloo. A message
+        is pickled into a uint8 tensor and sent as (length, bytes) to the
+        destination rank; a receiver thread waits for the next message from
+        any rank, with a timeout, and puts it into the same kind of queue.
+  * a board (the control plane): a small key-value store where components
+    post their progress reports, failures and the stop signal. Threads use a
+    dict; processes use torch.distributed's TCPStore (the rendezvous store).
+
+Simulated network delay (`latency_s`, `jitter_s`) is applied on arrival:
+each message is held until arrival + latency + U(0, jitter), never before
+an earlier message from the same sender (links stay first-in first-out,
+like TCP, which the shutdown handshake relies on).
+"""
+import datetime
+import heapq
+import itertools
+import pickle
+import queue
+import random
+import socket
+import threading
+import time
+
+import torch
+
+INBOX_LIMIT = 10_000  # the protocol bounds traffic far below this; a safety net
+
+
+class PeerFailure(Exception):
+    """A neighbour went silent or its link broke."""
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port that is free on `host` now (bind to port 0 and ask)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# -- the board ----------------------------------------------------------------
+class DictBoard:
+    """The board for threads: a dict behind a lock, with TCPStore's calls."""
+
+    def __init__(self):
+        self.values, self.lock = {}, threading.Lock()
+
+    def set(self, key, value):
+        with self.lock:
+            self.values[key] = value if isinstance(value, bytes) else str(value).encode()
+
+    def get(self, key):
+        with self.lock:
+            return self.values[key]
+
+    def check(self, keys):
+        with self.lock:
+            return all(k in self.values for k in keys)
+
+
+def connect_store(host, port, is_master, timeout_s):
+    """A TCPStore on host:port: the server if is_master, else a client."""
+    return torch.distributed.TCPStore(host, port, is_master=is_master, wait_for_workers=False,
+                                      timeout=datetime.timedelta(seconds=timeout_s))
+
+
+# -- encoding -----------------------------------------------------------------
+def _to_wire(message):
+    return {k: (("tensor", v.detach().cpu().numpy()) if torch.is_tensor(v) else v)
+            for k, v in message.items()}
+
+
+def _from_wire(message):
+    return {k: (torch.from_numpy(v[1]) if isinstance(v, tuple) and len(v) == 2
+                and v[0] == "tensor" else v) for k, v in message.items()}
+
+
+def encode(message):
+    return torch.frombuffer(bytearray(pickle.dumps(_to_wire(message), protocol=5)),
+                            dtype=torch.uint8)
+
+
+def decode(payload):
+    return _from_wire(pickle.loads(payload.numpy().tobytes()))
+
+
+# -- the delay line shared by both transports ---------------------------------
+class _Inbox:
+    """Arrived messages, each released when its simulated delay has passed."""
+
+    def __init__(self, latency_s, jitter_s, seed):
+        self.arrived = queue.Queue(maxsize=INBOX_LIMIT)
+        self.latency_s, self.jitter_s = latency_s, jitter_s
+        self.rng = random.Random(seed)
+        self.held, self.order = [], itertools.count()  # heap of (due, n, message)
+        self.last_due = {}
+
+    def put(self, message):
+        try:
+            self.arrived.put(message, timeout=30)
+        except queue.Full:
+            raise PeerFailure(f"inbox of {INBOX_LIMIT} messages stayed full for 30 s") from None
+
+    def _hold(self, message):
+        now = time.perf_counter()
+        due = now + self.latency_s + self.rng.uniform(0, self.jitter_s)
+        due = max(due, self.last_due.get(message["src"], 0.0))  # first-in first-out per link
+        self.last_due[message["src"]] = due
+        heapq.heappush(self.held, (due, next(self.order), message))
+
+    def get(self, timeout):
+        """The next due message, waiting at most `timeout` seconds; else None."""
+        if not self.latency_s and not self.jitter_s:
+            try:
+                return self.arrived.get(timeout=timeout) if timeout else self.arrived.get_nowait()
+            except queue.Empty:
+                return None
+        deadline = time.perf_counter() + (timeout or 0)
+        while True:
+            while True:  # move every arrival onto the delay line
+                try:
+                    self._hold(self.arrived.get_nowait())
+                except queue.Empty:
+                    break
+            now = time.perf_counter()
+            if self.held and self.held[0][0] <= now:
+                return heapq.heappop(self.held)[2]
+            if now >= deadline:
+                return None
+            wake = min(deadline, self.held[0][0]) if self.held else deadline
+            try:
+                self._hold(self.arrived.get(timeout=max(wake - now, 1e-4)))
+            except queue.Empty:
+                pass
+
+
+# -- transports ---------------------------------------------------------------
+class ThreadTransport:
+    """Components as threads of one process: a send is a put into the inbox."""
+
+    def __init__(self, rank, inboxes):
+        self.rank, self.inboxes = rank, inboxes
+
+    @classmethod
+    def group(cls, size, latency_s=0.0, jitter_s=0.0, seed=0):
+        inboxes = [_Inbox(latency_s, jitter_s, seed * 1000 + r) for r in range(size)]
+        return [cls(r, inboxes) for r in range(size)]
+
+    def send(self, dst, message):
+        self.inboxes[dst].put(dict(message, src=self.rank))
+
+    def receive(self, timeout=0.0):
+        return self.inboxes[self.rank].get(timeout)
+
+    def close(self):
+        pass
+
+
+class GlooTransport:
+    """One rank of a torch.distributed gloo group; messages to and from any rank.
+
+    The receiver thread waits at most `timeout_s` for the next message from
+    anyone: components send heartbeats, so silence that long means a dead
+    peer or a broken link, and the run fails instead of hanging. It stops by
+    itself once `last` = (kind, count) final messages have arrived.
+    """
+
+    def __init__(self, store, rank, world_size, timeout_s, last, latency_s=0.0, jitter_s=0.0,
+                 seed=0):
+        import torch.distributed as dist
+        self.dist, self.rank, self.timeout_s = dist, rank, timeout_s
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=max(timeout_s, 30)))
+        self.inbox = _Inbox(latency_s, jitter_s, seed * 1000 + rank)
+        self.send_lock = threading.Lock()
+        self.error = None
+        self.last_kind, self.finals_left = last  # (kind, count): stop after these
+        self.receiver = threading.Thread(target=self._receive_loop, daemon=True,
+                                         name=f"receiver-{rank}")
+        self.receiver.start()
+
+    def _receive_loop(self):
+        wait = datetime.timedelta(seconds=self.timeout_s)
+        try:
+            while self.finals_left > 0:
+                length = torch.zeros(1, dtype=torch.int64)
+                work = self.dist.irecv(length)  # from any rank
+                try:
+                    work.wait(wait)
+                except RuntimeError:
+                    raise PeerFailure(f"no message from any neighbour for {self.timeout_s:g} s "
+                                      "(a peer died or the network is down)") from None
+                src = work._source_rank()
+                payload = torch.empty(int(length), dtype=torch.uint8)
+                self.dist.irecv(payload, src=src).wait(wait)
+                message = decode(payload)
+                self.inbox.put(message)
+                if message.get("kind") == self.last_kind:
+                    self.finals_left -= 1
+        except Exception as error:  # handed to the component's loop, which fails the run
+            self.error = error
+
+    def send(self, dst, message):
+        payload = encode(dict(message, src=self.rank))
+        with self.send_lock:  # length and bytes must not interleave with another send
+            self.dist.send(torch.tensor([payload.numel()], dtype=torch.int64), dst=dst)
+            self.dist.send(payload, dst=dst)
+
+    def receive(self, timeout=0.0):
+        message = self.inbox.get(timeout)
+        if message is None and self.error is not None:
+            raise PeerFailure(str(self.error))
+        return message
+
+    def close(self):
+        self.receiver.join(timeout=self.timeout_s)
+        if not self.receiver.is_alive():
+            self.dist.destroy_process_group()

@@ -1,0 +1,240 @@
+"""async_mach.py: the backends run, faults end the run cleanly, a slow child does
+not hold its parent back, and a delayed gradient with no delay is backprop's."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT, read_run, run_script
+
+import async_mach as am
+
+SCRIPT = "async_mach.py"
+
+
+def tiny(tiny_data, out, *extra):
+    return ("--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1", "--out", out,
+            "--eval-every", "15", "--log-seconds", "1", *extra)
+
+
+def pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+# -- mechanisms ----------------------------------------------------------------
+def components(n, seed=0):
+    torch.manual_seed(seed)
+    return [am.Component(30, [16, 12], 8, 10, "torch") for _ in range(n)]
+
+
+def test_delayed_gradient_with_no_delay_is_the_synchronous_gradient():
+    child, parent = components(2)
+    x, y = torch.randn(6, 30), torch.randint(0, 10, (6,))
+    child_input = child.student(x).detach()  # the synthetic input the child answered with
+    # synchronous reference: backprop straight through parent and child
+    loss = F.cross_entropy(parent.logits(parent.embed(x, child.embed(x, child_input))), y)
+    reference = torch.autograd.grad(loss, list(child.teacher.parameters()))
+    # asynchronous: answer -> grad message -> the child's delayed gradient, with no step between
+    with torch.no_grad():
+        answer = child.embed(x, child_input)
+    _, grad_e, _, _ = am.answer_gradient(parent, x, y, answer)
+    grads, passed_on = am.delayed_gradient(child, x, child_input, grad_e, input_is_real=False)
+    names = [n for n, _ in child.named_parameters()]
+    teacher = [g for n, g in zip(names, grads) if n.startswith("teacher.")]
+    assert passed_on is None
+    for got, want in zip(teacher, reference):
+        torch.testing.assert_close(got, want)
+    assert all(g.abs().sum() == 0 for n, g in zip(names, grads) if not n.startswith("teacher."))
+
+    # a real delay (the child took an optimizer step in between) changes it
+    with torch.no_grad():
+        for p in child.teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    stale, _ = am.delayed_gradient(child, x, child_input, grad_e, input_is_real=False)
+    first_teacher = names.index("teacher.0.weight")
+    assert not torch.allclose(stale[first_teacher], grads[first_teacher])
+
+
+def test_delayed_gradient_passes_on_to_the_grandchild_like_backprop():
+    grandchild, child, parent = components(3, seed=1)
+    x, y = torch.randn(5, 30), torch.randint(0, 10, (5,))
+    g_input = grandchild.student(x).detach()
+    loss = F.cross_entropy(parent.logits(parent.embed(
+        x, child.embed(x, grandchild.embed(x, g_input)))), y)
+    reference = torch.autograd.grad(loss, list(grandchild.teacher.parameters()))
+    with torch.no_grad():
+        g_answer = grandchild.embed(x, g_input)
+        c_answer = child.embed(x, g_answer)
+    _, grad_c, _, _ = am.answer_gradient(parent, x, y, c_answer)
+    _, grad_g = am.delayed_gradient(child, x, g_answer, grad_c, input_is_real=True)
+    grads, _ = am.delayed_gradient(grandchild, x, g_input, grad_g, input_is_real=False)
+    offset = len(list(grandchild.student.parameters()))
+    for got, want in zip(grads[offset:], reference):
+        torch.testing.assert_close(got, want)
+
+
+def test_queue_lifo_fifo_drops_and_learn_step_averages():
+    q = am.GradientQueue(3, "lifo")
+    for v in range(5):
+        q.push([torch.full((2,), float(v))], v)
+    assert q.drops == 2 and [v for _, v in q.items] == [2, 3, 4]
+    assert [v for _, v in q.pop(2)] == [4, 3]
+    f = am.GradientQueue(3, "fifo")
+    for v in range(3):
+        f.push([torch.full((2,), float(v))], v)
+    assert [v for _, v in f.pop(2)] == [0, 1]
+    p = torch.nn.Parameter(torch.zeros(2))
+    am.learn_step([p], torch.optim.SGD([p], lr=1.0),
+                  [([torch.tensor([1.0, 2.0])], 0), ([torch.tensor([3.0, 6.0])], 0)])
+    torch.testing.assert_close(p.detach(), torch.tensor([-2.0, -4.0]))
+
+
+# -- backends ------------------------------------------------------------------
+@pytest.mark.parametrize("extra", [("--backend", "thread", "--components", "3"),
+                                   ("--backend", "thread", "--components", "3",
+                                    "--topology", "kgraph", "--forward", "child",
+                                    "--latency-ms", "2", "--jitter-ms", "2"),
+                                   ("--backend", "process", "--components", "2")])
+def test_backends_run_and_learn(tiny_data, tmp_path, extra):
+    out = tmp_path / "run"
+    result = run_script(SCRIPT, *tiny(tiny_data, out, "--iterations", "30", *extra))
+    assert result.returncode == 0, result.stderr
+    _, summary, rows = read_run(out)
+    K = int(extra[extra.index("--components") + 1])
+    assert summary["status"] == "completed"
+    assert sorted(summary["test_accuracy"]) == [f"component_{i}" for i in range(K)]
+    assert min(summary["test_accuracy"].values()) > 0.5  # chance is 0.1
+    for c in summary["components"].values():
+        assert c["steps"] == 30 and c["messages_received"] > 0
+    assert "msg/s" in rows[-1] and "stale" in rows[-1]
+    assert " msg/s " in result.stdout
+
+
+def test_torchrun_two_ranks(tiny_data, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    assert torchrun, "torchrun comes with torch"
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", SCRIPT,
+                             "--backend", "torchrun", "--components", "2",
+                             *map(str, tiny(tiny_data, out, "--iterations", "40"))],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, summary, _ = read_run(out)
+    assert summary["status"] == "completed" and summary["backend"] == "torchrun"
+    assert sorted(summary["components"]) == ["component_0", "component_1"]
+
+
+# -- faults ----------------------------------------------------------------------
+def test_a_raising_component_fails_the_run_and_is_named(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    result = run_script(SCRIPT, *tiny(tiny_data, out, "--components", "3", "--seconds", "60",
+                                      "--fail-component", "1", "--fail-after", "10"))
+    assert result.returncode == 1
+    assert "failed: component_1" in result.stderr
+    _, summary, _ = read_run(out)
+    assert summary["status"] == "failed" and "component_1" in summary["error"]
+
+
+def test_a_killed_process_ends_the_run_and_leaves_nothing_behind(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launcher = subprocess.Popen([sys.executable, SCRIPT, *map(str, tiny(
+        tiny_data, out, "--backend", "process", "--components", "3", "--seconds", "120"))],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (out / "metrics.csv").exists():  # the components are up and reporting
+            assert time.time() < deadline and launcher.poll() is None, launcher.stderr.read()
+            time.sleep(0.2)
+        workers = json.loads((out / "workers.json").read_text())
+        os.kill(workers["component_1"], signal.SIGKILL)
+        killed = time.time()
+        _, stderr = launcher.communicate(timeout=30)
+        assert time.time() - killed < 10
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 1
+    assert "component_1: process killed by signal 9" in stderr
+    _, summary, rows = read_run(out)
+    assert summary["status"] == "failed" and rows
+    assert not any(pid_alive(pid) for pid in workers.values())
+
+
+def test_ctrl_c_stops_every_process_and_writes_the_summary(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launcher = subprocess.Popen([sys.executable, SCRIPT, *map(str, tiny(
+        tiny_data, out, "--backend", "process", "--components", "2", "--seconds", "120"))],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (out / "metrics.csv").exists():
+            assert time.time() < deadline and launcher.poll() is None, launcher.stderr.read()
+            time.sleep(0.2)
+        workers = json.loads((out / "workers.json").read_text())
+        launcher.send_signal(signal.SIGINT)
+        launcher.communicate(timeout=30)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 130
+    assert read_run(out)[1]["status"] == "interrupted"
+    assert not any(pid_alive(pid) for pid in workers.values())
+
+
+def test_a_slow_child_does_not_hold_its_parent_back(tiny_data, tmp_path):
+    # component 0 is the child of component 1; it sleeps 300 ms a loop. In student
+    # mode the parent never waits: it keeps stepping and skips spikes it cannot place.
+    out = tmp_path / "run"
+    result = run_script(SCRIPT, *tiny(tiny_data, out, "--components", "2", "--seconds", "4",
+                                      "--slow-component", "0", "--slow-ms", "300"))
+    assert result.returncode == 0, result.stderr
+    parts = read_run(out)[1]["components"]
+    child, parent = parts["component_0"], parts["component_1"]
+    assert child["steps"] <= 4 / 0.3 + 1
+    assert parent["steps"] >= 3 * child["steps"]
+    assert parent["spikes_skipped"] > 0
+
+
+# -- bad flags -------------------------------------------------------------------
+@pytest.mark.parametrize("flags, message", [
+    (("--components", "0"), "--components: expected a positive integer, got 0"),
+    (("--latency-ms", "-5"), "--latency-ms: expected a number >= 0, got -5"),
+    (("--jitter-ms", "-1"), "--jitter-ms: expected a number >= 0"),
+    (("--queue-size", "0"), "--queue-size: expected a positive integer, got 0"),
+    (("--queue-order", "random"), "--queue-order: invalid choice"),
+    (("--backend", "rpc"), "--backend: invalid choice"),
+    (("--slow-component", "5"), "--slow-component 5: there are only 3 components"),
+    (("--backend", "torchrun"), "RANK/WORLD_SIZE are not set"),
+])
+def test_bad_flags_exit_2_with_one_line(tiny_data, tmp_path, capsys, monkeypatch, flags, message):
+    # in-process: argparse and the checks after it run before any data or worker
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        am.main(list(map(str, tiny(tiny_data, tmp_path / "run", *flags))))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_torchrun_world_size_must_match_components(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_:
+        am.main(["--backend", "torchrun", "--components", "3",
+                 *map(str, tiny(tiny_data, tmp_path / "run"))])
+    assert exit_.value.code == 2
+    assert "--components 3 but torchrun started 2 ranks" in capsys.readouterr().err
