@@ -21,7 +21,6 @@ import os
 import queue
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -108,11 +107,11 @@ def http_round_trips(batch, n):
         server.join(timeout=5)
 
 
-def lumpy_ratios(seed, extra):
-    """Run the script sync and --async; return their summaries."""
+def lumpy_ratios(seed, extra, runs_dir):
+    """Run the script sync and --async; return their summaries (run folders kept in runs_dir)."""
     out = {}
     for name, flags in (("sync", []), ("async", ["--async"])):
-        folder = tempfile.mkdtemp(prefix=f"synthgrad_{name}_")
+        folder = str(Path(runs_dir) / f"synthgrad_{name}")
         command = [sys.executable, str(ROOT / "synthgrad_demo.py"), "--task", "lumpy", "--seed", str(seed),
                    "--out", folder, *flags, *extra]
         print("$", " ".join(command[1:]), flush=True)
@@ -143,7 +142,7 @@ def main():
           f"  JSON over HTTP on 127.0.0.1          {http * 1e6:9.1f} us\n"
           f"  ratio HTTP / Channel                 {http / channel:9.1f}x", flush=True)
     if not args.skip_training:
-        runs = lumpy_ratios(args.seed, extra)
+        runs = lumpy_ratios(args.seed, extra, Path(args.out).parent)
         results["backprop_target_mse"] = runs["sync"]["test_mse"]["backprop"]
         results["time_ratio_to_backprop"] = {"dni_sync": runs["sync"]["time_ratio_to_backprop"]["dni"],
                                              "dni_async": runs["async"]["time_ratio_to_backprop"]["dni_async"]}
