@@ -31,8 +31,11 @@ Deviations from the paper, with the flag that restores it: lr 3e-4 and
 3,000 iterations instead of 3e-5 and 500k (--lr 3e-5 --iterations 500000);
 the gradient modules learn at 3e-3 (--sg-lr 3e-5: the paper used one rate;
 at 3e-4 the DNI module barely learnt in our short runs); DNI module hidden
-width 256 instead of 1024 (--sg-hidden 1024), to fit about 3 minutes on 2 CPU cores. Batch 256, 3 layers of 256, zero-initialised last
-layer of each module are the paper's.
+width 256 instead of 1024 (--sg-hidden 1024), to fit about 3 minutes on 2
+CPU cores. Batch 256, 3 layers of 256, BatchNorm, Adam and the
+zero-initialised last layer of each module are the paper's.
+cos(synthetic, true) is measured on the current training batch, over the
+whole batch's gradient flattened, with the true gradient from full backprop.
 Paper (MNIST, 3 layers, test error): backprop 2.0 %, DNI 2.2 %, cDNI ~2.0 %.
 
 --task lumpy: the seed's experiment. f(x, y) on [-1, 1]^2, 200,000 uniform
@@ -46,7 +49,14 @@ tensors and torch.multiprocessing queues instead of JSON over HTTP.
 Deviations from the seed: Adam lr 3e-3 and batch 100 everywhere (seed: SGD
 lr 0.001, batch 10 on the input side: --optimizer sgd --lr 0.001 --batch-size 10);
 a separate test set of 20,000 points; the oracle remembers the last
---oracle-memory true gradients instead of all of them.
+--oracle-memory 20,000 true gradients, and the output process trains over
+the last --output-memory 20,000 activations it received instead of all of
+them (--output-memory 200000: with all of them, the oldest activations,
+made by a long-gone layer 1, held it back). The clock of the --async run
+starts when all three processes are up (fork start-up is not training) and
+runs until this process's test MSE, measured every --eval-seconds on
+weights the workers publish to shared memory, reaches the target.
+The lumpy task always runs on the CPU.
 
     python synthgrad_demo.py --dataset fashion-mnist
     python synthgrad_demo.py --task lumpy --plot
