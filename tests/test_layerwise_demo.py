@@ -37,6 +37,25 @@ def changed(before, modules):
             for old, m in zip(before, modules)]
 
 
+# -- the models ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, blocks, params", [
+    # TF tutorial CNN: 5*5*32+32, 5*5*32*64+64, 3136*1024+1024, 1024*10+10
+    ("tfcnn", 3, 832 + 51264 + 3212288 + 10250),
+    # LeNet-like: 6*25+6, 16*6*25+16, 400*120+120, 120*84+84, 84*10+10
+    ("lenet", 4, 156 + 2416 + 48120 + 10164 + 850),
+    ("mlp", 3, 785 * 1024 + 2 * 1025 * 1024 + 1025 * 10),
+])
+def test_models_are_the_described_networks(name, blocks, params):
+    layers = lw.BLOCK_MODELS[name](num_classes=10)
+    assert len(layers) - 1 == blocks
+    assert sum(p.numel() for p in layers.parameters()) == params
+    x = torch.randn(3, 1, 28, 28)
+    for layer in layers:
+        x = layer(x)
+    assert x.shape == (3, 10)
+
+
 # -- block isolation -----------------------------------------------------------------
 
 @pytest.mark.parametrize("strategy", ["submodel", "staged", "maxdiff", "kl"])
@@ -172,8 +191,8 @@ def test_step_budget_layer_split_and_finetune(tiny_data, tmp_path):
 
     out = tmp_path / "ft"
     result = run_script(SCRIPT, "--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1",
-                        "--model", "tfcnn", "--strategy", "staged", "--seconds", "1.5",
-                        "--finetune-seconds", "0.7", "--eval-every", "1", "--out", out)
+                        "--model", "lenet", "--strategy", "staged", "--seconds", "1.5",
+                        "--finetune-seconds", "0.7", "--eval-every", "2", "--out", out)
     assert result.returncode == 0, result.stderr
     _, summary, rows = read_run(out)
     assert list(summary["test_accuracy"]) == ["staged+ft0.7"]
