@@ -49,6 +49,7 @@ inputs standardised rather than in [0, 1].
 Measured result (Fashion-MNIST, tfcnn, 60 s each, 2-core CPU): README.md.
 """
 import math
+import time
 from contextlib import contextmanager
 
 import torch
@@ -213,6 +214,9 @@ class Curve:
     def __init__(self, run, name, data, args):
         self.run, self.name, self.data, self.args = run, name, data, args
         self.start = run.train_seconds()
+        # CPU seconds of this process (all threads), evaluation excluded: on a shared
+        # machine they show how much of the wall-clock budget the strategy really got.
+        self.cpu_start, self.cpu_eval = time.process_time(), 0.0
         self.steps = self.samples = 0
         self.points = []  # (strategy seconds, test loss, test accuracy)
         self.next_eval = args.eval_every or args.eval_seconds
@@ -221,6 +225,9 @@ class Curve:
 
     def seconds(self):
         return self.run.train_seconds() - self.start
+
+    def cpu_seconds(self):
+        return time.process_time() - self.cpu_start - self.cpu_eval
 
     def used(self):
         """Budget spent: seconds, or steps when the budget is in steps."""
@@ -243,11 +250,13 @@ class Curve:
 
     def evaluate(self, predict, test_x, stage, modules, final=False):
         """Log a point: test loss and accuracy of predict(test_x) (the full model)."""
-        seconds = self.seconds()
+        seconds, cpu, began = self.seconds(), self.cpu_seconds(), time.process_time()
         test_y = self.data.test_y if final else self.data.test_y[:self.n_eval]
         with self.run.evaluating(), eval_mode(*modules):
             loss, accuracy = evaluate(predict, test_x, test_y)
+        self.cpu_eval += time.process_time() - began
         extra = {"strategy": self.name, "stage": stage, "strategy_seconds": round(seconds, 3),
+                 "cpu_seconds": round(cpu, 3),
                  "test_loss": round(loss, 5), "test_accuracy": round(accuracy, 5),
                  "eval_examples": len(test_y)}
         for k, (loss_sum, count, correct, seen) in sorted(self.stats.items()):
@@ -389,7 +398,7 @@ def time_to(points, target):
 def print_table(run, curves, finals):
     reference = curves.get("backprop")
     base = reference.points[-1][2] if reference and reference.points else None
-    head = f"{'strategy':<14} {'final acc':>9} {'best acc':>8}" + "".join(
+    head = f"{'strategy':<14} {'final acc':>9} {'best acc':>8} {'steps':>6} {'cpu s':>6}" + "".join(
         f"  {f't{int(p * 100)}% s (x bp)':>17}" for p in TARGETS)
     run.print(head)
     run.summary["time_to_target"] = {}
@@ -403,7 +412,8 @@ def print_table(run, curves, finals):
             text = "-" if t is None else (f"{t:.1f} ({t / t_bp:.2f})" if t_bp else f"{t:.1f}")
             cells += f"  {text:>17}"
         run.summary["time_to_target"][name] = record
-        run.print(f"{name:<14} {finals[name]:9.4f} {best:8.4f}{cells}")
+        run.print(f"{name:<14} {finals[name]:9.4f} {best:8.4f} {curve.steps:6d} "
+                  f"{run.summary['cpu_seconds'][name]:6.0f}{cells}")
     if base is None:
         run.print("(times to target need the backprop strategy in the race)")
     else:
@@ -466,7 +476,7 @@ def main(argv=None):
     curves, finals = {}, {}
     with Run(args, "layerwise_demo", device) as run:
         run.summary.update(model=args.model, budget=("steps" if args.budget_steps else "seconds"),
-                           budget_per_strategy=total, steps={}, stage_ends=stage_ends)
+                           budget_per_strategy=total, steps={}, cpu_seconds={}, stage_ends=stage_ends)
         for strategy in strategies:
             name = strategy + (f"+ft{args.finetune_seconds:g}"
                                if args.finetune_seconds and strategy not in ("backprop", "backprop-sgd")
@@ -502,6 +512,7 @@ def main(argv=None):
             finals[name] = curve.evaluate(combine, data.test_x, "final (full test set)",
                                           list(blocks) + list(heads), final=True)
             run.summary["steps"][name] = curve.steps
+            run.summary["cpu_seconds"][name] = round(curve.cpu_seconds(), 1)
         print_table(run, curves, finals)
         plot_curves(run.dir, curves)
 
