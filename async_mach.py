@@ -503,12 +503,16 @@ def monitor(run, board, K, args, alive=None):
     while True:
         deadline = last_t + args.log_seconds
         finished = [f"finished/{i}" for i in range(K)]
-        while time.perf_counter() < deadline and not board.check(finished):
-            if alive is not None:  # a killed process is named before its neighbours notice
-                alive()
-            if board.check(["failed"]):
-                raise ComponentFailed(board.get("failed").decode())
-            time.sleep(0.05)
+        failure = None
+        try:
+            while time.perf_counter() < deadline and not board.check(finished):
+                if alive is not None:  # a killed process is named before its neighbours notice
+                    alive()
+                if board.check(["failed"]):
+                    raise ComponentFailed(board.get("failed").decode())
+                time.sleep(0.05)
+        except ComponentFailed as error:
+            failure = error  # log what the reports say so far, then stop the run
         for i in range(K):
             if board.check([f"report/{i}"]):
                 reports[i] = json.loads(board.get(f"report/{i}"))
@@ -530,6 +534,8 @@ def monitor(run, board, K, args, alive=None):
         run.log(steps, epoch, accuracy=accuracy,
                 losses={"ce": sum(ce) / len(ce)} if ce else None, extra=row_extra)
         summarise(run, reports, stale)
+        if failure is not None:
+            raise failure
         if len(reports) == K and all(r["finished"] for r in reports.values()):
             return
 
