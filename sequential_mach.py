@@ -179,7 +179,7 @@ def train_step(model, optimizer, x, y):
 # ----------------------------------------------------------------------------- measuring
 
 @torch.inference_mode()
-def ms_per_batch(predict, x, batch_size, device, repeats=3):
+def ms_per_batch(predict, x, batch_size, device, repeats=5):
     """Mean milliseconds to answer one test batch of `batch_size`, best of `repeats` passes."""
     batches = [x[start:start + batch_size] for start in range(0, len(x) - batch_size + 1, batch_size)]
     batches = batches or [x]
