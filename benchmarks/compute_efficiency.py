@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -81,8 +82,39 @@ def single_mach_step():
     return lambda: module.train_step(model, optimizer, x, y)
 
 
+def sequential_mach_step():
+    module = importlib.import_module("sequential_mach")
+    model = module.SequentialMach(3, 784, [512, 256], 128, 10, "tf")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
+    return lambda: module.train_step(model, optimizer, x, y)
+
+
+def kgraph_mach_step():
+    module = importlib.import_module("kgraph_mach")
+    model = module.KGraphMach(4, 784, [512, 256], 128, 10, "torch", "mlp")
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=1e-4, fused=True)
+    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
+    return lambda: module.train_step(model, optimizer, x, y)
+
+
+def synthgrad_step(method):
+    """One step of synthgrad_demo's --task mnist learner (its defaults: 3 x 256, batch 256)."""
+    def build():
+        module = importlib.import_module("synthgrad_demo")
+        args = SimpleNamespace(width=256, layers=3, sg_hidden=256, lr=3e-4, sg_lr=3e-3)
+        data = SimpleNamespace(input_size=784, num_classes=10)
+        learner = module.Learner(method, args, data, seed=0)
+        x, y = torch.randn(256, 784), torch.randint(0, 10, (256,))
+        return lambda: learner.step(x, y)
+    return build
+
+
 # script name -> a function returning a zero-argument training step at default sizes
-STEPS = {"single_mach": single_mach_step}
+STEPS = {"single_mach": single_mach_step, "sequential_mach": sequential_mach_step,
+         "kgraph_mach": kgraph_mach_step, "synthgrad_backprop": synthgrad_step("backprop"),
+         "synthgrad_dni": synthgrad_step("dni"), "synthgrad_cdni": synthgrad_step("cdni")}
 
 
 def measure(name, step, seconds):
@@ -105,7 +137,7 @@ def measure(name, step, seconds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scripts", nargs="+", choices=sorted(STEPS), default=sorted(STEPS))
+    parser.add_argument("--scripts", nargs="+", choices=list(STEPS), default=list(STEPS))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing window per measurement")
     parser.add_argument("--json", default="results/benchmarks/compute_efficiency.json")

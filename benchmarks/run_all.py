@@ -28,9 +28,17 @@ BENCHMARKS = {
     "compute_efficiency": ([], ["--seconds", "0.3"]),
 }
 
-# (script, extra flags) run for every seed into results/<script>/<name>-seed<k>
+# (script, run name, extra flags, seeds): each seed runs into results/<script>/<name>-seed<k>.
+# One seed where a run is long and the figure of interest is its time or its curve.
 EXPERIMENTS = [
-    ("single_mach", "defaults", ["--plot"]),
+    ("single_mach", "defaults", ["--plot"], SEEDS),
+    ("sequential_mach", "defaults", ["--plot"], (0,)),
+    ("sequential_mach", "baseline-3k", ["--baseline", "--iterations", "3000", "--plot"], SEEDS),
+    ("kgraph_mach", "defaults", ["--plot"], (0,)),
+    ("synthgrad_demo", "defaults", ["--plot"], SEEDS),
+    ("synthgrad_demo", "lumpy", ["--task", "lumpy", "--plot"], (0,)),
+    ("synthgrad_demo", "lumpy-async", ["--task", "lumpy", "--async", "--plot"], (0,)),
+    ("layerwise_demo", "defaults", ["--plot"], (0,)),
 ]
 
 
@@ -46,6 +54,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="benchmarks' quick modes only")
     parser.add_argument("--only", choices=["benchmarks", "experiments"], default=None)
+    parser.add_argument("--experiments", nargs="+", default=None, metavar="SCRIPT",
+                        help="only these scripts' experiment runs (default: all)")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--json-dir", default=None,
                         help="where benchmark JSON goes (default results/benchmarks, "
@@ -64,8 +74,10 @@ def main(argv=None):
                 failed.append(name)
         print(f"benchmark JSON in {json_dir}")
     if not args.quick and args.only != "benchmarks":
-        for script, label, flags in EXPERIMENTS:
-            for seed in SEEDS:
+        for script, label, flags, seeds in EXPERIMENTS:
+            if args.experiments and script not in args.experiments:
+                continue
+            for seed in seeds:
                 out = ROOT / "results" / script / f"{label}-seed{seed}"
                 shutil.rmtree(out, ignore_errors=True)
                 command = [PY, f"{script}.py", "--dataset", args.dataset, *flags,
