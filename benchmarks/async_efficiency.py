@@ -208,13 +208,15 @@ def main():
     parser.add_argument("--latencies", type=float, nargs="+", default=[0, 10, 50, 200])
     parser.add_argument("--latency-iterations", type=int, default=600)
     parser.add_argument("--out", default="runs/async_efficiency")
+    parser.add_argument("--json", default=None, help="JSON file to write (default <out>/async_efficiency.json)")
     parser.add_argument("--plot", action="store_true", help="draw assets/async_*.png")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if "efficiency" in args.parts and not shutil.which("taskset"):
         sys.exit("async_efficiency: taskset (util-linux) is needed to pin the one-core run")
-    path = out / "async_efficiency.json"
+    path = Path(args.json) if args.json else out / "async_efficiency.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(path.read_text()) if path.exists() else {}
     results["cpu_count"] = os.cpu_count()
     steps = dict(efficiency=efficiency, tta=time_to_accuracy, slow=slow_child, latency=latency)

@@ -17,8 +17,10 @@ are on the dataset named in the row).
     python benchmarks/make_results.py [--results results] [--readme README.md] [--assets assets]
 """
 import argparse
+import csv
 import json
 import re
+import shutil
 import statistics
 import sys
 from collections import defaultdict
@@ -41,7 +43,27 @@ REFERENCES = {
     ("layerwise_demo", "test_accuracy", "backprop"):
         "MLP 3x1024: 91.63 % on Fashion-MNIST (Nøkland & Eidnes 2019)",
 }
-METRICS = {"test_accuracy": ("test accuracy", "%"), "test_mse": ("test MSE", "")}
+# summary.json key -> (label, unit, scale). Every {component: number} dict listed here gets rows.
+METRICS = {"test_accuracy": ("test accuracy", "%", 100),
+           "local_minus_chained": ("local − chained accuracy", "points", 100),
+           "test_mse": ("test MSE", "", 1),
+           "time_ratio_to_backprop": ("time to backprop's final MSE, ÷ backprop's", "x", 1),
+           "seconds_per_method": ("training seconds of this method", "s", 1)}
+DIGITS = {"%": 2, "points": 2, "x": 2, "s": 1, "": 4}
+
+# Time to accuracy: script -> (pairs of (method, its backprop baseline), time column).
+# The time column is the run's training clock, or the method's own clock where each
+# method keeps one ("sec/<method>" in synthgrad_demo). Groups lacking a column are skipped.
+TIME_TO_ACCURACY = {
+    "single_mach": ([("student", "teacher")], lambda method: "train_seconds"),
+    "sequential_mach": ([(f"teacher_{i}", f"backprop_{i}") for i in range(8)],
+                        lambda method: "train_seconds"),
+    "synthgrad_demo": ([("dni", "backprop"), ("cdni", "backprop")], lambda method: f"sec/{method}"),
+}
+TTA_FRACTION = 0.95
+# Figures a script writes into its run folder, copied to assets/<script>_<run name>_<file>.
+FIGURES = {"synthgrad_demo": ["surfaces.png"],
+           "layerwise_demo": ["loss_vs_time.png", "accuracy_vs_time.png"]}
 BEGIN, END = "<!-- {}:begin -->", "<!-- {}:end -->"
 
 
@@ -84,9 +106,9 @@ def mean_std(values, scale):
 
 
 def fmt(mean, std, n, unit):
-    digits = 2 if unit == "%" else 4
+    digits = DIGITS.get(unit, 4)
     text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
-    return text + (" %" if unit == "%" else "")
+    return text + ({"%": " %", "x": "x", "s": " s"}.get(unit, ""))
 
 
 def script_table(script, commands):
@@ -101,11 +123,14 @@ def script_table(script, commands):
         hardware = "; ".join(sorted({s.get("hardware", s["device"]) for s in summaries}))
         dataset = summaries[0]["dataset"]
         first = True
-        for metric, (label, unit) in METRICS.items():
+        for metric, (label, unit, scale) in METRICS.items():
             components = summaries[0].get(metric) or {}
             for component in components:
-                values = [s[metric][component] for s in summaries if component in s.get(metric, {})]
-                mean, std = mean_std(values, 100 if unit == "%" else 1)
+                values = [s[metric][component] for s in summaries
+                          if isinstance(s.get(metric, {}).get(component), (int, float))]
+                if not values:
+                    continue
+                mean, std = mean_std(values, scale)
                 reference = REFERENCES.get((script, metric, component), "")
                 cells = ([f"`{command}`", dataset, seeds] if first else ["", "", ""])
                 cells += [label, component, fmt(mean, std, len(values), unit)]
@@ -118,12 +143,116 @@ def script_table(script, commands):
     return lines
 
 
+def first_time_at(rows, column, time_column, target):
+    """The time_column value of the first row whose column reaches target (None if never)."""
+    for row in rows:
+        if row.get(column) not in (None, "") and float(row[column]) >= target:
+            return float(row[time_column])
+    return None
+
+
+def time_to_accuracy_rows(script, commands):
+    """Rows: per command and method, seconds to TTA_FRACTION of backprop's final accuracy."""
+    if script == "layerwise_demo":
+        return layerwise_rows(commands)
+    if script not in TIME_TO_ACCURACY:
+        return []
+    pairs, clock = TIME_TO_ACCURACY[script]
+    lines = []
+    for command, runs in commands.items():
+        for method, baseline in pairs:
+            times, base_times, ratios, seeds = [], [], [], []
+            for r in sorted(runs, key=lambda r: r["summary"]["seed"]):
+                final = r["summary"].get("test_accuracy", {}).get(baseline)
+                path = r["folder"] / "metrics.csv"
+                if final is None or method not in r["summary"]["test_accuracy"] or not path.exists():
+                    continue
+                with open(path, newline="") as f:
+                    rows = list(csv.DictReader(f))
+                if not rows or clock(method) not in rows[0] or clock(baseline) not in rows[0]:
+                    continue
+                target = TTA_FRACTION * final
+                t = first_time_at(rows, f"acc/{method}", clock(method), target)
+                t_base = first_time_at(rows, f"acc/{baseline}", clock(baseline), target)
+                seeds.append(r["summary"]["seed"])
+                base_times.append(t_base)
+                times.append(t)
+                if t is not None and t_base:
+                    ratios.append(t / t_base)
+            if not seeds:
+                continue
+            n_reached = sum(t is not None for t in times)
+            reached = [t for t in times if t is not None]
+            base_reached = [t for t in base_times if t is not None]
+            cells = [f"`{command}`", ", ".join(map(str, seeds)), f"{method} vs {baseline}",
+                     fmt(*mean_std(reached, 1), len(reached), "s") if reached else "not reached",
+                     fmt(*mean_std(base_reached, 1), len(base_reached), "s") if base_reached
+                     else "not reached",
+                     fmt(*mean_std(ratios, 1), len(ratios), "x") if ratios else "-",
+                     f"{n_reached} of {len(seeds)}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def layerwise_rows(commands):
+    """layerwise_demo races on the clock and records its own times to 95 % of backprop's final."""
+    key = f"{TTA_FRACTION:.0%}"
+    lines = []
+    for command, runs in commands.items():
+        for r in sorted(runs, key=lambda r: r["summary"]["seed"]):
+            times = r["summary"].get("time_to_target", {})
+            base = (times.get("backprop") or {}).get(key)
+            for name, record in times.items():
+                if name == "backprop":
+                    continue
+                t = record.get(key)
+                cells = [f"`{command}`", str(r["summary"]["seed"]), f"{name} vs backprop",
+                         "not reached" if t is None else f"{t:.1f} s",
+                         "not reached" if base is None else f"{base:.1f} s",
+                         f"{t / base:.2f}x" if t is not None and base else "-",
+                         "1 of 1" if t is not None else "0 of 1"]
+                lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def time_to_accuracy_table(groups):
+    lines = []
+    for script in sorted(groups):
+        lines += time_to_accuracy_rows(script, groups[script])
+    if not lines:
+        return []
+    head = ["| command | seeds | method vs backprop | method s | backprop s | ratio | reached |",
+            "|---|---|---|---|---|---|---|"]
+    return [f"Seconds of training until the test accuracy first reaches "
+            f"{TTA_FRACTION:.0%} of the backprop baseline's final accuracy in the same run "
+            "(evaluations are every --eval-every steps, so times are rounded up to one). "
+            "The clock is the run's training time, or each method's own where it keeps one. "
+            "Mean ± std over the seeds.", "", *head, *lines, ""]
+
+
+def copy_figures(script, commands, assets):
+    """assets/<script>_<run name>_<file> from the lowest seed's folder; the paths written."""
+    written = []
+    for runs in commands.values():
+        first = min(runs, key=lambda r: r["summary"]["seed"])
+        label = re.sub(r"-?seed\d+$", "", first["folder"].name) or "run"
+        for name in FIGURES.get(script, []):
+            source = first["folder"] / name
+            if source.exists():
+                Path(assets).mkdir(parents=True, exist_ok=True)
+                target = Path(assets) / f"{script}_{label}_{name}"
+                shutil.copyfile(source, target)
+                written.append(target)
+    return written
+
+
 def plot_script(script, commands, assets):
     """assets/<script>_curves.png: the first seed of every command, overlaid."""
     runs = []
     for command, group in commands.items():
         first = min(group, key=lambda r: r["summary"]["seed"])
-        if (first["folder"] / "metrics.csv").exists():
+        path = first["folder"] / "metrics.csv"
+        if path.exists() and "acc/" in path.read_text().split("\n", 1)[0]:
             label = command.replace("python ", "").replace(f"{script}.py", "").strip() or "defaults"
             runs.append((label, read_metrics(first["folder"])))
     if runs:
@@ -172,15 +301,23 @@ def main(argv=None):
     parser.add_argument("--assets", default=str(ROOT / "assets"))
     args = parser.parse_args(argv)
     groups = load_runs(args.results)
+    readme_dir = Path(args.readme).resolve().parent
+
+    def shown(path):
+        path = Path(path).resolve()
+        return path.relative_to(readme_dir) if path.is_relative_to(readme_dir) else path
+
     lines = []
     for script in sorted(groups):
         lines += [f"#### {script}", "", *script_table(script, groups[script]), ""]
         plot = plot_script(script, groups[script], args.assets)
         if plot:
-            readme_dir = Path(args.readme).resolve().parent
-            shown = Path(plot).resolve()
-            shown = shown.relative_to(readme_dir) if shown.is_relative_to(readme_dir) else shown
-            lines += [f"![{script} curves]({shown})", ""]
+            lines += [f"![{script} curves]({shown(plot)})", ""]
+        for figure in copy_figures(script, groups[script], args.assets):
+            lines += [f"![{figure.stem}]({shown(figure)})", ""]
+    tta = time_to_accuracy_table(groups)
+    if tta:
+        lines += ["#### Time to accuracy against backprop", "", *tta]
     if not lines:
         lines = ["(no runs logged yet under results/)"]
     readme = Path(args.readme).read_text()

@@ -11,6 +11,7 @@ then rewritten by benchmarks/make_results.py. A failed step is reported at
 the end and makes the exit code non-zero; the others still run.
 """
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,10 @@ SEEDS = (0, 1, 2)
 # name -> (full flags, quick flags or None to skip in --quick); each is benchmarks/<name>.py
 BENCHMARKS = {
     "data_path": ([], ["--steps", "50", "--samples", "10000"]),
-    "compute_efficiency": ([], ["--seconds", "0.3"]),
+    "compute_efficiency": ([], ["--seconds", "0.3", "--scripts", "single_mach"]),
+    "message_cost": ([], ["--messages", "100"]),
+    "synthgrad_transport": (["--plot"], ["--skip-training", "--messages", "100"]),
+    "async_efficiency": (["--plot"], None),
 }
 
 # (script, run name, extra flags, seeds): each seed runs into results/<script>/<name>-seed<k>.
@@ -33,13 +37,19 @@ BENCHMARKS = {
 EXPERIMENTS = [
     ("single_mach", "defaults", ["--plot"], SEEDS),
     ("sequential_mach", "defaults", ["--plot"], (0,)),
-    ("sequential_mach", "baseline-3k", ["--baseline", "--iterations", "3000", "--plot"], SEEDS),
+    ("sequential_mach", "baseline-3k", ["--baseline", "--iterations", "3000", "--eval-every", "100",
+                                        "--plot"], SEEDS),
     ("kgraph_mach", "defaults", ["--plot"], (0,)),
     ("synthgrad_demo", "defaults", ["--plot"], SEEDS),
     ("synthgrad_demo", "lumpy", ["--task", "lumpy", "--plot"], (0,)),
     ("synthgrad_demo", "lumpy-async", ["--task", "lumpy", "--async", "--plot"], (0,)),
     ("layerwise_demo", "defaults", ["--plot"], (0,)),
 ]
+
+
+def completed(folder):
+    summary = folder / "summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get("status") == "completed"
 
 
 def run(name, command):
@@ -56,6 +66,8 @@ def main(argv=None):
     parser.add_argument("--only", choices=["benchmarks", "experiments"], default=None)
     parser.add_argument("--experiments", nargs="+", default=None, metavar="SCRIPT",
                         help="only these scripts' experiment runs (default: all)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep experiment runs whose folder already says status completed")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--json-dir", default=None,
                         help="where benchmark JSON goes (default results/benchmarks, "
@@ -79,6 +91,9 @@ def main(argv=None):
                 continue
             for seed in seeds:
                 out = ROOT / "results" / script / f"{label}-seed{seed}"
+                if args.resume and completed(out):
+                    print(f"=== {script} {label} seed {seed}: kept (completed in {out})")
+                    continue
                 shutil.rmtree(out, ignore_errors=True)
                 command = [PY, f"{script}.py", "--dataset", args.dataset, *flags,
                            "--seed", str(seed), "--out", str(out.relative_to(ROOT))]

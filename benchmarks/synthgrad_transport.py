@@ -44,12 +44,12 @@ def channel_echo(ask, answer, stop):
         answer.send(h)
 
 
-def channel_round_trips(batch, n):
+def channel_round_trips(shape, n):
     ctx = mp.get_context("fork")
-    ask, answer, stop = Channel(ctx, 1, (batch, 24)), Channel(ctx, 1, (batch, 24)), ctx.Event()
+    ask, answer, stop = Channel(ctx, 1, shape), Channel(ctx, 1, shape), ctx.Event()
     server = ctx.Process(target=channel_echo, args=(ask, answer, stop), daemon=True)
     server.start()
-    h = torch.randn(batch, 24)
+    h = torch.randn(*shape)
     try:
         for i in range(n + 50):   # the first 50 warm up
             if i == 50:
@@ -85,13 +85,13 @@ def http_serve(port_queue):
     server.serve_forever()
 
 
-def http_round_trips(batch, n):
+def http_round_trips(shape, n):
     ctx = mp.get_context("fork")
     ports = ctx.Queue(1)
     server = ctx.Process(target=http_serve, args=(ports,), daemon=True)
     server.start()
     url = f"http://127.0.0.1:{ports.get(timeout=10)}/"
-    h = torch.randn(batch, 24)
+    h = torch.randn(*shape)
     try:
         for i in range(n + 50):
             if i == 50:
@@ -129,10 +129,11 @@ def main():
     parser.add_argument("--messages", type=int, default=2000, help="round trips timed per transport")
     parser.add_argument("--seed", type=int, default=0, help="seed of the two lumpy runs")
     parser.add_argument("--skip-training", action="store_true", help="only measure the transports")
-    parser.add_argument("--out", default="runs/benchmarks/synthgrad_transport.json", help="JSON file to write")
+    parser.add_argument("--json", "--out", dest="out", default="results/benchmarks/synthgrad_transport.json",
+                        help="JSON file to write (the two lumpy run folders go beside it)")
     args, extra = parser.parse_known_args()   # other flags go to synthgrad_demo.py
-    channel = channel_round_trips(args.batch_size, args.messages)
-    http = http_round_trips(args.batch_size, max(200, args.messages // 4))
+    channel = channel_round_trips((args.batch_size, 24), args.messages)
+    http = http_round_trips((args.batch_size, 24), max(200, args.messages // 4))
     results = {"array": [args.batch_size, 24], "channel_us_per_round_trip": round(channel * 1e6, 1),
                "json_http_us_per_round_trip": round(http * 1e6, 1),
                "http_over_channel": round(http / channel, 2), "cpu_threads": torch.get_num_threads(),

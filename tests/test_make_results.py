@@ -72,3 +72,27 @@ def test_missing_markers_is_a_clear_error(tmp_path):
 def test_strip_command_keeps_everything_but_seed_and_out():
     assert make_results.strip_command("a.py --seed 3 --lr 1 --out x/y --plot") == \
         "python a.py --lr 1 --plot"
+
+
+def test_time_to_accuracy_rows_match_the_curves(tmp_path):
+    """Student reaches 95 % of the teacher's final accuracy later than the teacher: 3 s vs 1 s, 6 s vs 2 s."""
+    results = tmp_path / "results"
+    for seed, scale in ((0, 1.0), (1, 2.0)):
+        folder = results / "single_mach" / f"defaults-seed{seed}"
+        write_run(folder, seed, 0.9, 0.88, 3 * scale)
+        (folder / "metrics.csv").write_text(
+            "iteration,epoch,seconds,train_seconds,acc/teacher,acc/student\n"
+            f"0,0,0,0,0.1,0.1\n"
+            f"10,0.1,1,{1 * scale},0.86,0.5\n"      # teacher 0.86 >= 0.95 * 0.9 = 0.855
+            f"20,0.2,2,{2 * scale},0.88,0.85\n"     # student 0.85 still under
+            f"30,0.3,3,{3 * scale},0.9,0.88\n")     # student reaches
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    make_results.main(["--results", str(results), "--readme", str(readme),
+                       "--assets", str(tmp_path / "assets")])
+    row = next(l for l in readme.read_text().splitlines() if "student vs teacher" in l)
+    # student 3 s and 6 s, teacher 1 s and 2 s: ratio 3.00 in both seeds
+    assert "| 0, 1 |" in row
+    assert f"{statistics.fmean([3, 6]):.1f} ± {statistics.stdev([3, 6]):.1f} s" in row
+    assert f"{statistics.fmean([1, 2]):.1f} ± {statistics.stdev([1, 2]):.1f} s" in row
+    assert "3.00 ± 0.00x" in row and "2 of 2" in row
