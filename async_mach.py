@@ -680,6 +680,9 @@ def main(argv=None):
                      f"components, numbered 0 to {K - 1}")
     if args.fail_component is not None and args.fail_component >= K:
         parser.error(f"--fail-component {args.fail_component}: numbered 0 to {K - 1}")
+    if args.accumulate > args.queue_size:
+        parser.error(f"--accumulate {args.accumulate} is more than --queue-size {args.queue_size}: "
+                     "the queue could never fill a learn step; raise --queue-size or lower --accumulate")
     if args.topology == "kgraph" and K < 2:
         parser.error("--topology kgraph needs --components 2 or more")
     rank = 0

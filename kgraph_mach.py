@@ -59,6 +59,8 @@ numbers. Measured here: see README.md, "kgraph_mach.py".
 
     python kgraph_mach.py --dataset fashion-mnist [--k 4] [--classroom sum]
 """
+import argparse
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,11 +73,23 @@ from common.models import INITS, mlp
 CLASSROOMS = ("sum", "mlp")
 
 
+def at_least_two(text):
+    """--k: checked while parsing, so a bad value stops the run before its folder exists."""
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if k < 2:
+        raise argparse.ArgumentTypeError(f"a graph needs at least 2 components, so every "
+                                         f"student has a classroom; got {k}, use 2 or more")
+    return k
+
+
 def build_parser():
     parser = cli.make_parser(__doc__, iterations=10_000, batch_size=128, lr=1e-4,
                              eval_every=500)
     mach = parser.add_argument_group("MACH (original defaults unless noted)")
-    mach.add_argument("--k", type=int, default=4,
+    mach.add_argument("--k", type=at_least_two, default=4,
                       help="components in the graph, at least 2 (the original defaulted to 2)")
     mach.add_argument("--classroom", choices=CLASSROOMS, default="mlp",
                       help="what a student distils: sum of the other teachers' embeddings "
@@ -152,9 +166,6 @@ def train_step(model, optimizer, x, y):
 def main(argv=None):
     parser = build_parser()
     args, device = cli.setup(parser, "kgraph_mach", argv)
-    if args.k < 2:
-        parser.error(f"--k {args.k}: a graph needs at least 2 components, so every student "
-                     "has a classroom; use --k 2 or more")
     data = load_data(args.dataset, args.data_dir, device, flat=True)
     model = KGraphMach(args.k, data.input_size, args.hidden, args.embedding_size,
                        data.num_classes, args.init, args.classroom).to(device)

@@ -209,12 +209,21 @@ def main(argv=None):
     batches = Batches(data.train_x, data.train_y, args.batch_size, args.seed)
     stream = iter(batches)
 
+    # With --baseline the two models share the loop; each keeps its own clock, so their
+    # curves can be compared in seconds of their own training (synchronised on CUDA).
+    seconds = {"mach": 0.0, "backprop": 0.0}
     with Run(args, "sequential_mach", device, total=args.iterations) as run:
         for step in run.steps():
             x, y = next(stream)
+            began = time.perf_counter()
             cross_entropies, distills = train_step(model, optimizer, x, y)
             if args.baseline:  # same batch, its own optimizer: like compared with like
+                synchronize(device)
+                middle = time.perf_counter()
                 (chain_ce,) = train_step(chain, chain_optimizer, x, y)
+                synchronize(device)
+                seconds["mach"] += middle - began
+                seconds["backprop"] += time.perf_counter() - middle
 
             if step % args.eval_every == 0 or step == args.iterations:
                 accuracy = {}
@@ -233,7 +242,10 @@ def main(argv=None):
                 losses.update({f"distill_{i}": v for i, v in enumerate(distills.tolist())})
                 if args.baseline:
                     losses.update({f"backprop_ce_{i}": v for i, v in enumerate(chain_ce.tolist())})
-                run.log(step, batches.epoch, accuracy=accuracy, losses=losses)
+                clocks = {f"sec/{k}": round(v, 3) for k, v in seconds.items()} if args.baseline else None
+                run.log(step, batches.epoch, accuracy=accuracy, losses=losses, extra=clocks)
+                if args.baseline:
+                    run.summary["seconds_per_model"] = {k: round(v, 2) for k, v in seconds.items()}
                 run.summary["distill_loss"] = {f"teacher_{i}": v for i, v in enumerate(distills.tolist())}
                 run.summary["local_minus_chained"] = {
                     f"teacher_{i}": round(accuracy[f"teacher_{i}"] - accuracy[f"chained_{i}"], 5)

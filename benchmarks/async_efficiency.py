@@ -103,17 +103,23 @@ def time_to_accuracy(args, out, results):
               f"{r[backend]['seconds_to_target']} s; final {summary['test_accuracy']}", flush=True)
     sequential = ROOT / "sequential_mach.py"
     if sequential.exists():
-        command = [sys.executable, str(sequential), "--dataset", args.dataset, "--n-components",
-                   str(K), "--iterations", str(args.tta_iterations), "--out",
-                   str(out / "tta_sequential"), "--seed", str(args.seed)]
-        subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+        # Same clock as the async runs: wall seconds since the run started, evaluations
+        # every 100 steps included.
+        command = [sys.executable, str(sequential), "--dataset", args.dataset, "--data-dir",
+                   args.data_dir, "--n-components", str(K), "--iterations", str(args.tta_iterations),
+                   "--eval-every", "100", "--out", str(out / "tta_sequential"), "--seed", str(args.seed)]
+        began = time.perf_counter()
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"async_efficiency: {' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        print(f"  ran: {' '.join(command[1:])}  ({time.perf_counter() - began:.1f} s wall)", flush=True)
         with open(out / "tta_sequential" / "metrics.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         reached = None
         for row in rows:
             accs = [row.get(f"acc/teacher_{i}") for i in range(K)]
             if all(a not in (None, "") and float(a) >= args.target for a in accs):
-                reached = float(row["train_seconds"])
+                reached = float(row["seconds"])
                 break
         r["sequential"] = dict(seconds_to_target=reached, run=str(out / "tta_sequential"))
         if reached and r["process"]["seconds_to_target"]:

@@ -40,15 +40,14 @@ REFERENCES = {
     ("synthgrad_demo", "test_accuracy", "backprop"): "98.0 % on MNIST (Jaderberg et al. 2016, 3-layer FCN)",
     ("synthgrad_demo", "test_accuracy", "dni"): "97.8 % on MNIST (Jaderberg et al. 2016, 3-layer FCN)",
     ("synthgrad_demo", "test_accuracy", "cdni"): "~98.0 % on MNIST (Jaderberg et al. 2016, 3-layer FCN)",
-    ("layerwise_demo", "test_accuracy", "backprop"):
-        "MLP 3x1024: 91.63 % on Fashion-MNIST (Nøkland & Eidnes 2019)",
 }
 # summary.json key -> (label, unit, scale). Every {component: number} dict listed here gets rows.
 METRICS = {"test_accuracy": ("test accuracy", "%", 100),
            "local_minus_chained": ("local − chained accuracy", "points", 100),
            "test_mse": ("test MSE", "", 1),
            "time_ratio_to_backprop": ("time to backprop's final MSE, ÷ backprop's", "x", 1),
-           "seconds_per_method": ("training seconds of this method", "s", 1)}
+           "seconds_per_method": ("training seconds of this method", "s", 1),
+           "seconds_per_model": ("training seconds of this model", "s", 1)}
 DIGITS = {"%": 2, "points": 2, "x": 2, "s": 1, "": 4}
 
 # Time to accuracy: script -> (pairs of (method, its backprop baseline), time column).
@@ -57,7 +56,7 @@ DIGITS = {"%": 2, "points": 2, "x": 2, "s": 1, "": 4}
 TIME_TO_ACCURACY = {
     "single_mach": ([("student", "teacher")], lambda method: "train_seconds"),
     "sequential_mach": ([(f"teacher_{i}", f"backprop_{i}") for i in range(8)],
-                        lambda method: "train_seconds"),
+                        lambda method: "sec/backprop" if method.startswith("backprop") else "sec/mach"),
     "synthgrad_demo": ([("dni", "backprop"), ("cdni", "backprop")], lambda method: f"sec/{method}"),
 }
 TTA_FRACTION = 0.95
@@ -260,8 +259,79 @@ def plot_script(script, commands, assets):
         return draw(runs, Path(assets) / f"{script}_curves.png", title=f"{script} (seed shown: lowest)")
 
 
+def _get(result, *keys):
+    for key in keys:
+        if not isinstance(result, dict) or key not in result:
+            return None
+        result = result[key]
+    return result
+
+
+def _verdict(value, target, higher_is_better=True):
+    if value is None:
+        return "not measured"
+    met = value >= target if higher_is_better else value <= target
+    return "met" if met else "**missed**"
+
+
+def target_rows(results):
+    """The targets of the issues, each with its measured value, from the benchmark JSON."""
+    load = lambda name: (json.loads(p.read_text()) if (p := Path(results, "benchmarks", f"{name}.json")).exists()
+                         else {})
+    data, compute = load("data_path"), load("compute_efficiency")
+    message, synth, parallel = load("message_cost"), load("synthgrad_transport"), load("async_efficiency")
+    rows = []
+
+    def row(figure, value, shown, target, higher=True):
+        rows.append(f"| {figure} | {shown if value is not None else '-'} | {target} | "
+                    f"{_verdict(value, float(target.split()[-1].rstrip('x')), higher)} |")
+
+    speedup = _get(data, "speedup")
+    row("data path: slicing loader ÷ torchvision DataLoader, samples/s", speedup, f"{speedup}x", ">= 10x")
+    share = _get(data, "data_share_of_step")
+    row("data path: share of a single_mach step spent loading", share,
+        f"{share:.1%}" if share is not None else None, "< 0.05", higher=False)
+    for r in compute.get("rows", []):
+        row(f"compute efficiency: {r['script']} step ÷ GEMM-only, same shapes", r["efficiency"],
+            f"{r['efficiency']:.2f}", ">= 0.7")
+    eff = _get(parallel, "efficiency", "efficiency_vs_alone")
+    row("async parallel efficiency, K = 2 processes on 2 cores", eff,
+        f"{eff:.2f}" if eff is not None else None, ">= 0.85")
+    slow = _get(parallel, "slow_child", "ratio")
+    row("async: parent's step rate with a child slowed on purpose ÷ normal", slow,
+        f"{slow:.2f}" if slow is not None else None, ">= 0.8")
+    for key, name in (("http_over_gloo", "gloo send/recv"), ("http_over_channel", "shared-memory channel")):
+        ratio = _get(message, key)
+        us = _get(message, "us_per_round_trip", key.split("_")[-1])
+        rows.append(f"| message cost, 128x128 float32 round trip: JSON over HTTP ÷ {name} | "
+                    f"{ratio}x ({us} µs vs {_get(message, 'us_per_round_trip', 'http')} µs) | "
+                    f"(ratio reported) | - |" if ratio is not None else
+                    f"| message cost: JSON over HTTP ÷ {name} | - | (ratio reported) | not measured |")
+    ratio = _get(synth, "time_ratio_to_backprop", "dni_async")
+    row("lumpy: async DNI time to backprop's final MSE ÷ backprop's", ratio,
+        f"{ratio}x" if ratio is not None else None, "<= 2x", higher=False)
+    tta = _get(parallel, "time_to_accuracy", "ratio_sequential_over_async")
+    if tta is not None:
+        rows.append(f"| async (process) time to {_get(parallel, 'time_to_accuracy', 'target'):.0%} "
+                    f"accuracy, sequential_mach's time ÷ async's | {tta:.2f} | (ratio reported) | - |")
+    if not rows:
+        return []
+    return ["| figure | measured | target | verdict |", "|---|---|---|---|", *rows, ""]
+
+
+def flatten(value, prefix=""):
+    """(dotted key, value) pairs of nested dicts; lists stay one compact JSON cell."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from flatten(inner, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip("."), json.dumps(value) if isinstance(value, list) else value
+
+
 def benchmark_tables(results):
-    lines = []
+    lines = target_rows(results)
+    if lines:
+        lines += ["Every figure in full, as each benchmark wrote it:", ""]
     for path in sorted(Path(results, "benchmarks").glob("*.json")):
         result = json.loads(path.read_text())
         lines.append(f"**{result.get('benchmark', path.stem)}** "
@@ -278,7 +348,7 @@ def benchmark_tables(results):
         else:
             lines.append("| figure | value |")
             lines.append("|---|---|")
-            for key, value in result.items():
+            for key, value in flatten(result):
                 if key not in ("benchmark", "hardware", "torch"):
                     lines.append(f"| {key} | {value} |")
         lines.append("")
@@ -307,20 +377,25 @@ def main(argv=None):
         path = Path(path).resolve()
         return path.relative_to(readme_dir) if path.is_relative_to(readme_dir) else path
 
+    readme = Path(args.readme).read_text()
     lines = []
     for script in sorted(groups):
-        lines += [f"#### {script}", "", *script_table(script, groups[script]), ""]
+        block = [*script_table(script, groups[script]), ""]
         plot = plot_script(script, groups[script], args.assets)
         if plot:
-            lines += [f"![{script} curves]({shown(plot)})", ""]
+            block += [f"![{script} curves]({shown(plot)})", ""]
         for figure in copy_figures(script, groups[script], args.assets):
-            lines += [f"![{figure.stem}]({shown(figure)})", ""]
+            block += [f"![{figure.stem}]({shown(figure)})", ""]
+        if BEGIN.format(f"results:{script}") in readme:  # the script's own section has a block
+            readme = replace_block(readme, f"results:{script}", block)
+            lines += [f"- `{script}`: in [its section](#{script.replace('_', '')}py)."]
+        else:
+            lines += [f"#### {script}", "", *block]
     tta = time_to_accuracy_table(groups)
     if tta:
-        lines += ["#### Time to accuracy against backprop", "", *tta]
+        lines += ["", "#### Time to accuracy against backprop", "", *tta]
     if not lines:
         lines = ["(no runs logged yet under results/)"]
-    readme = Path(args.readme).read_text()
     readme = replace_block(readme, "results", lines)
     readme = replace_block(readme, "benchmarks", benchmark_tables(args.results) or ["(no benchmark results yet)"])
     Path(args.readme).write_text(readme)

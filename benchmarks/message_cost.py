@@ -83,7 +83,7 @@ def main(argv=None):
     us = {"gloo": gloo_round_trips(shape, args.messages) * 1e6,
           "channel": channel_round_trips(shape, args.messages) * 1e6,
           "http": http_round_trips(shape, http_n) * 1e6}
-    result = {"benchmark": "message_cost", "hardware": hardware(torch.device("cpu")),
+    result = {"benchmark": "message_cost", "hardware": hardware(torch.device("cpu")), "torch": torch.__version__,
               "tensor": list(shape), "messages": args.messages, "http_messages": http_n,
               "us_per_round_trip": {k: round(v, 1) for k, v in us.items()},
               "http_over_gloo": round(us["http"] / us["gloo"], 1),

@@ -12,7 +12,7 @@
 
     flock /tmp/measure.lock python benchmarks/synthgrad_transport.py
 
-writes the numbers as JSON to --out (default runs/benchmarks/synthgrad_transport.json).
+writes the numbers as JSON to --json (default results/benchmarks/synthgrad_transport.json).
 """
 import argparse
 import http.server

@@ -50,6 +50,15 @@ positive_float = _number(float, lambda v: v > 0 and np.isfinite(v), "a positive 
 nonnegative_float = _number(float, lambda v: v >= 0 and np.isfinite(v), "a number >= 0")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default, except an unset one (None) or an off switch."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def make_parser(doc, *, iterations, batch_size, lr, eval_every):
     """The flags every script shares, spelled the same everywhere.
 
@@ -59,7 +68,7 @@ def make_parser(doc, *, iterations, batch_size, lr, eval_every):
     `iterations=None` means the script has another way to end (--seconds).
     """
     parser = Parser(description=doc.strip().split("\n\n")[0],
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    formatter_class=_DefaultsFormatter)
     shared = parser.add_argument_group("shared flags (the same in every script)")
     shared.add_argument("--dataset", choices=DATASETS, default="mnist",
                         help="MNIST-family dataset; files are found on disk or downloaded")

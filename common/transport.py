@@ -66,10 +66,26 @@ class DictBoard:
             return all(k in self.values for k in keys)
 
 
+_LISTENING = []   # the server sockets, alive as long as the process
+
+
 def connect_store(host, port, is_master, timeout_s):
-    """A TCPStore on host:port: the server if is_master, else a client."""
-    return torch.distributed.TCPStore(host, port, is_master=is_master, wait_for_workers=False,
-                                      timeout=datetime.timedelta(seconds=timeout_s))
+    """A TCPStore on host:port: the server if is_master, else a client.
+
+    TCPStore's own server listens on every interface; the server here listens
+    on `host` only (127.0.0.1 unless the user names another address), through
+    a socket bound by us and handed over as master_listen_fd.
+    """
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if not is_master:
+        return torch.distributed.TCPStore(host, port, is_master=False, timeout=timeout)
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(128)
+    _LISTENING.append(listener)
+    return torch.distributed.TCPStore(host, port, is_master=True, wait_for_workers=False,
+                                      timeout=timeout, master_listen_fd=listener.fileno())
 
 
 # -- encoding -----------------------------------------------------------------
