@@ -319,6 +319,52 @@ def target_rows(results):
     return ["| figure | measured | target | verdict |", "|---|---|---|---|", *rows, ""]
 
 
+def async_block(results):
+    """async_mach's figures from benchmarks/async_efficiency.py's JSON (it logs no results/ runs)."""
+    path = Path(results, "benchmarks", "async_efficiency.json")
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    lines = [f"From `python benchmarks/async_efficiency.py --plot` (raw: "
+             f"`results/benchmarks/async_efficiency.json`; Fashion-MNIST, seed 0, {r.get('cpu_count')} CPUs).", "",
+             "| figure | value |", "|---|---|"]
+    e = r.get("efficiency")
+    if e:
+        lines += [f"| steps/s, one component alone, 1 thread | {e['alone_steps_per_second']:.1f} |",
+                  f"| steps/s, K = {e['components']} components, process backend, 1 thread each | "
+                  f"{e['together_steps_per_second']:.1f} |",
+                  f"| parallel efficiency (÷ K × alone; target ≥ 0.85) | {e['efficiency_vs_alone']:.3f} |",
+                  f"| same K processes pinned to one core, steps/s | "
+                  f"{e['together_one_core_steps_per_second']:.1f} |",
+                  f"| speedup of K cores over one core, ÷ K (equal work) | {e['efficiency_same_work']:.3f} |"]
+    t = r.get("time_to_accuracy")
+    if t:
+        for name in ("process", "thread", "sequential"):
+            entry = t.get(name)
+            if isinstance(entry, dict):
+                seconds = entry.get("seconds_to_target")
+                lines.append(f"| wall s until the last component reaches {t['target']:.0%} "
+                             f"({t['iterations']} steps each): {name if name == 'sequential' else 'async ' + name}"
+                             f"{'_mach' if name == 'sequential' else ''} | "
+                             f"{'not reached' if seconds is None else f'{seconds:.1f}'} |")
+        if t.get("ratio_sequential_over_async"):
+            lines.append(f"| sequential_mach's time ÷ async process's | {t['ratio_sequential_over_async']:.2f} |")
+    sc = r.get("slow_child")
+    if sc:
+        lines.append(f"| parent steps/s, child slowed by {sc['slow_ms']:g} ms a loop ÷ normal "
+                     f"(goal ≥ 0.80) | {sc['parent_with_slow_child']:.1f} ÷ {sc['parent_normal']:.1f} = "
+                     f"{sc['ratio']:.2f} |")
+    lat = r.get("latency")
+    if lat:
+        lines += ["", "| --latency-ms (jitter = latency/5) | mean final accuracy | per component | "
+                      "mean staleness | wall s |", "|---|---|---|---|---|"]
+        for x in lat:
+            per = " / ".join(f"{100 * v:.2f}" for v in x["accuracy"].values())
+            lines.append(f"| {x['latency_ms']:g} | {100 * x['mean_accuracy']:.2f} % | {per} | "
+                         f"{x['mean_staleness']} | {x['wall_seconds']:.0f} |")
+    return lines + [""]
+
+
 def flatten(value, prefix=""):
     """(dotted key, value) pairs of nested dicts; lists stay one compact JSON cell."""
     if isinstance(value, dict):
@@ -391,6 +437,8 @@ def main(argv=None):
             lines += [f"- `{script}`: in [its section](#{script.replace('_', '')}py)."]
         else:
             lines += [f"#### {script}", "", *block]
+    if BEGIN.format("results:async_mach") in readme and async_block(args.results):
+        readme = replace_block(readme, "results:async_mach", async_block(args.results))
     tta = time_to_accuracy_table(groups)
     if tta:
         lines += ["", "#### Time to accuracy against backprop", "", *tta]

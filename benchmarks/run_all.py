@@ -40,6 +40,7 @@ EXPERIMENTS = [
     ("sequential_mach", "baseline-3k", ["--baseline", "--iterations", "3000", "--eval-every", "100",
                                         "--plot"], SEEDS),
     ("kgraph_mach", "defaults", ["--plot"], (0,)),
+    ("kgraph_mach", "tf-init-1k", ["--init", "tf", "--iterations", "1000"], (0,)),  # the divergence
     ("synthgrad_demo", "defaults", ["--plot"], SEEDS),
     ("synthgrad_demo", "lumpy", ["--task", "lumpy", "--plot"], (0,)),
     ("synthgrad_demo", "lumpy-async", ["--task", "lumpy", "--async", "--plot"], (0,)),

@@ -9,7 +9,8 @@ from conftest import read_run, run_script
 
 LINE = re.compile(r"^iter +\d+ \| epoch +[\d.]+ \| +[\d.]+ s \| acc teacher_0 [\d.]+ teacher_1 [\d.]+ "
                   r"chained_1 [\d.]+ backprop_0 [\d.]+ backprop_1 [\d.]+ \| loss ce_0 \S+ ce_1 \S+ "
-                  r"distill_0 \S+ distill_1 \S+ backprop_ce_0 \S+ backprop_ce_1 \S+$")
+                  r"distill_0 \S+ distill_1 \S+ backprop_ce_0 \S+ backprop_ce_1 \S+ "
+                  r"\| sec/mach [\d.]+ sec/backprop [\d.]+$")
 
 
 def small_model(n=3, seed=0):
@@ -35,6 +36,10 @@ def test_smoke_run_with_baseline_writes_every_file(tiny_data, tmp_path):
     assert {"acc/teacher_0", "acc/teacher_1", "acc/chained_1", "acc/backprop_0",
             "acc/backprop_1", "loss/distill_0", "loss/distill_1", "train_seconds"} <= columns
     assert [int(r["iteration"]) for r in rows] == [15, 30]
+    # each model's own training clock, for time-to-accuracy in its own seconds
+    clocks = [(float(r["sec/mach"]), float(r["sec/backprop"])) for r in rows]
+    assert all(0 < a < b for a, b in zip(clocks[0], clocks[1]))
+    assert sum(summary["seconds_per_model"].values()) <= summary["train_seconds"] + 1e-6
     gap = summary["test_accuracy"]["teacher_1"] - summary["test_accuracy"]["chained_1"]
     assert summary["local_minus_chained"]["teacher_1"] == pytest.approx(gap, abs=1e-5)
     timing = summary["inference_ms"]
