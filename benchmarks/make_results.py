@@ -47,8 +47,10 @@ METRICS = {"test_accuracy": ("test accuracy", "%", 100),
            "test_mse": ("test MSE", "", 1),
            "time_ratio_to_backprop": ("time to backprop's final MSE, ÷ backprop's", "x", 1),
            "seconds_per_method": ("training seconds of this method", "s", 1),
-           "seconds_per_model": ("training seconds of this model", "s", 1)}
-DIGITS = {"%": 2, "points": 2, "x": 2, "s": 1, "": 4}
+           "seconds_per_model": ("training seconds of this model", "s", 1),
+           "inference_alone_ms": ("ms per test batch, the component alone", "ms", 1),
+           "inference_chain_ms": ("ms per test batch, the chain 0..i it replaces", "ms", 1)}
+DIGITS = {"%": 2, "points": 2, "x": 2, "s": 1, "ms": 2, "": 4}
 
 # Time to accuracy: script -> (pairs of (method, its backprop baseline), time column).
 # The time column is the run's training clock, or the method's own clock where each
@@ -90,6 +92,9 @@ def load_runs(results):
         if folder.parent.name == "benchmarks":
             continue
         summary = json.loads(summary_path.read_text())
+        for kind in ("alone", "chain"):  # sequential_mach: {component: {alone, chain}}
+            if "inference_ms" in summary:
+                summary[f"inference_{kind}_ms"] = {c: t[kind] for c, t in summary["inference_ms"].items()}
         config_path = folder / "config.json"
         config = json.loads(config_path.read_text()) if config_path.exists() else {}
         command = strip_command(config.get("command", f"{summary['script']}.py"))
@@ -107,7 +112,7 @@ def mean_std(values, scale):
 def fmt(mean, std, n, unit):
     digits = DIGITS.get(unit, 4)
     text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
-    return text + ({"%": " %", "x": "x", "s": " s"}.get(unit, ""))
+    return text + ({"%": " %", "x": "x", "s": " s", "ms": " ms"}.get(unit, ""))
 
 
 def script_table(script, commands):
