@@ -39,9 +39,9 @@ student's distillation loss on the training batch, and, as an extra line,
 the ensemble: the mean of all k teachers' logits.
 
 Original defaults kept: batch 128, Adam lr 1e-4, 10,000 iterations,
-embedding 128, hidden 512 and 256, truncated-normal std 0.1 weights and 0.1
-biases, classroom mlp. Deviations: --init defaults to torch (PyTorch's
-own uniform init), because with the original's init the graph diverges:
+embedding 128, hidden 512 and 256, classroom mlp. Deviations: --init
+defaults to torch (PyTorch's own uniform init), because with the original's
+(truncated-normal std 0.1 weights, 0.1 biases: --init tf) the graph diverges:
 every path teacher_j -> classroom_i -> student_i -> teacher_i -> classroom_j
 is a loop, and std-0.1 weights on 384- to 912-wide inputs amplify each pass
 (logged in results/kgraph_mach/tf-init-1k-seed0, Fashion-MNIST, k = 4,
