@@ -117,13 +117,15 @@ def fmt(mean, std, n, unit):
 
 def script_table(script, commands):
     """Markdown rows for one script: a row per (command, metric, component)."""
-    lines = ["| command | dataset | seeds | metric | component | mean ± std | train s | "
-             "hardware | original / paper |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| command | dataset | seeds | metric | component | mean ± std | train s | wall s | "
+             "hardware | original / paper |", "|---|---|---|---|---|---|---|---|---|---|"]
     for command, runs in commands.items():
         summaries = [r["summary"] for r in runs]
         seeds = ", ".join(str(s["seed"]) for s in sorted(summaries, key=lambda s: s["seed"]))
         statuses = {s["status"] for s in summaries}
         seconds = statistics.fmean(s["train_seconds"] for s in summaries)
+        walls = [s["wall_seconds"] for s in summaries if "wall_seconds" in s]
+        wall = f"{statistics.fmean(walls):.1f}" if walls else "-"
         hardware = "; ".join(sorted({s.get("hardware", s["device"]) for s in summaries}))
         dataset = summaries[0]["dataset"]
         first = True
@@ -138,12 +140,12 @@ def script_table(script, commands):
                 reference = REFERENCES.get((script, metric, component), "")
                 cells = ([f"`{command}`", dataset, seeds] if first else ["", "", ""])
                 cells += [label, component, fmt(mean, std, len(values), unit)]
-                cells += [f"{seconds:.1f}", hardware] if first else ["", ""]
+                cells += [f"{seconds:.1f}", wall, hardware] if first else ["", "", ""]
                 cells.append(reference)
                 lines.append("| " + " | ".join(cells) + " |")
                 first = False
         if statuses != {"completed"}:
-            lines.append(f"| (status of these runs: {', '.join(sorted(statuses))}) |||||||||")
+            lines.append(f"| (status of these runs: {', '.join(sorted(statuses))}) ||||||||||")
     return lines
 
 
