@@ -62,6 +62,8 @@ TIME_TO_ACCURACY = {
     "synthgrad_demo": ([("dni", "backprop"), ("cdni", "backprop")], lambda method: f"sec/{method}"),
 }
 TTA_FRACTION = 0.95
+# Scripts whose own figures replace the common accuracy curves (layerwise plots against its race clock).
+NO_CURVES = {"layerwise_demo"}
 # Figures a script writes into its run folder, copied to assets/<script>_<run name>_<file>.
 FIGURES = {"synthgrad_demo": ["surfaces.png"],
            "layerwise_demo": ["loss_vs_time.png", "accuracy_vs_time.png"]}
@@ -254,6 +256,8 @@ def copy_figures(script, commands, assets):
 
 def plot_script(script, commands, assets):
     """assets/<script>_curves.png: the first seed of every command, overlaid."""
+    if script in NO_CURVES:
+        return None
     runs = []
     for command, group in commands.items():
         first = min(group, key=lambda r: r["summary"]["seed"])
@@ -438,7 +442,8 @@ def main(argv=None):
         if plot:
             block += [f"![{script} curves]({shown(plot)})", ""]
         for figure in copy_figures(script, groups[script], args.assets):
-            block += [f"![{figure.stem}]({shown(figure)})", ""]
+            if f"({shown(figure)})" not in readme:  # the section may show it already
+                block += [f"![{figure.stem}]({shown(figure)})", ""]
         if BEGIN.format(f"results:{script}") in readme:  # the script's own section has a block
             readme = replace_block(readme, f"results:{script}", block)
             lines += [f"- `{script}`: in [its section](#{script.replace('_', '')}py)."]
