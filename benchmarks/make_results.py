@@ -209,6 +209,8 @@ def layerwise_rows(commands):
     for command, runs in commands.items():
         for r in sorted(runs, key=lambda r: r["summary"]["seed"]):
             times = r["summary"].get("time_to_target", {})
+            if "backprop" not in times:  # no backprop in this race: nothing to divide by
+                continue
             base = (times.get("backprop") or {}).get(key)
             for name, record in times.items():
                 if name == "backprop":
