@@ -3,6 +3,7 @@ script as a subprocess the way a user would."""
 import gzip
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -63,6 +64,12 @@ def run_script(script, *args, timeout=180, threads=1):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def ctrl_c_reaches_child():
+    """Popen preexec_fn for the Ctrl-C tests: a shell that starts pytest in the background
+    makes it, and every child, ignore SIGINT; the child gets the default handler back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def read_run(folder):

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, read_run, run_script
+from conftest import ROOT, ctrl_c_reaches_child, read_run, run_script
 
 import async_mach as am
 
@@ -152,7 +152,8 @@ def test_a_killed_process_ends_the_run_and_leaves_nothing_behind(tiny_data, tmp_
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     launcher = subprocess.Popen([sys.executable, SCRIPT, *map(str, tiny(
         tiny_data, out, "--backend", "process", "--components", "3", "--seconds", "120"))],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ctrl_c_reaches_child)
     try:
         deadline = time.time() + 60
         while not (out / "metrics.csv").exists():  # the components are up and reporting
@@ -178,7 +179,8 @@ def test_ctrl_c_stops_every_process_and_writes_the_summary(tiny_data, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     launcher = subprocess.Popen([sys.executable, SCRIPT, *map(str, tiny(
         tiny_data, out, "--backend", "process", "--components", "2", "--seconds", "120"))],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ctrl_c_reaches_child)
     try:
         deadline = time.time() + 60
         while not (out / "metrics.csv").exists():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import single_mach
-from conftest import ROOT, needs_fashion, read_run, run_script
+from conftest import ROOT, ctrl_c_reaches_child, needs_fashion, read_run, run_script
 
 LINE = re.compile(r"^iter +\d+ \| epoch +[\d.]+ \| +[\d.]+ s \| acc teacher [\d.]+ student [\d.]+"
                   r" \| loss ce \S+ distill \S+$")
@@ -132,7 +132,8 @@ def test_ctrl_c_keeps_what_was_measured(tiny_data, tmp_path):
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "single_mach.py"), "--data-dir", str(tiny_data),
          "--iterations", "1000000", "--eval-every", "20", "--threads", "1", "--out", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ctrl_c_reaches_child)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (out / "metrics.csv").exists():

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import synthgrad_demo as sg
-from conftest import ROOT, read_run, run_script
+from conftest import ROOT, ctrl_c_reaches_child, read_run, run_script
 
 
 def gone(pid):
@@ -170,7 +170,8 @@ def start_async(tmp_path):
     proc = subprocess.Popen([sys.executable, str(ROOT / "synthgrad_demo.py"), "--task", "lumpy",
                              "--async", "--threads", "1", "--iterations", "300", "--eval-every", "100",
                              "--max-time-ratio", "1000", "--out", str(tmp_path)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_reaches_child)
     for line in proc.stdout:
         if line.startswith("processes: "):
             pids = {part.split()[0]: int(part.split()[-1]) for part in line[11:].strip().split(", ")}
