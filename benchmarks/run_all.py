@@ -49,6 +49,7 @@ EXPERIMENTS = [
     ("layerwise_demo", "submodel-front", ["--strategy", "submodel", "--layer-budget", "4", "1", "1"], (0,)),
     ("layerwise_demo", "submodel-back", ["--strategy", "submodel", "--layer-budget", "1", "1", "4"], (0,)),
     ("layerwise_demo", "finetune20", ["--strategy", "submodel", "maxdiff", "--finetune-seconds", "20"], (0,)),
+    ("layerwise_demo", "maxdiff-pull", ["--strategy", "maxdiff", "--maxdiff-pull"], (0,)),
 ]
 
 
