@@ -65,8 +65,9 @@ TTA_FRACTION = 0.95
 # Scripts whose own figures replace the common accuracy curves (layerwise plots against its race clock).
 NO_CURVES = {"layerwise_demo"}
 # Figures a script writes into its run folder, copied to assets/<script>_<run name>_<file>.
-FIGURES = {"synthgrad_demo": ["surfaces.png"],
-           "layerwise_demo": ["loss_vs_time.png", "accuracy_vs_time.png"]}
+# script -> (files, the run names whose files are worth a figure in the README)
+FIGURES = {"synthgrad_demo": (["surfaces.png"], ["lumpy", "lumpy-async"]),
+           "layerwise_demo": (["loss_vs_time.png", "accuracy_vs_time.png"], ["defaults"])}
 BEGIN, END = "<!-- {}:begin -->", "<!-- {}:end -->"
 
 
@@ -246,7 +247,10 @@ def copy_figures(script, commands, assets):
     for runs in commands.values():
         first = min(runs, key=lambda r: r["summary"]["seed"])
         label = re.sub(r"-?seed\d+$", "", first["folder"].name) or "run"
-        for name in FIGURES.get(script, []):
+        files, wanted = FIGURES.get(script, ([], []))
+        if label not in wanted:
+            continue
+        for name in files:
             source = first["folder"] / name
             if source.exists():
                 Path(assets).mkdir(parents=True, exist_ok=True)
@@ -437,6 +441,8 @@ def main(argv=None):
         return path.relative_to(readme_dir) if path.is_relative_to(readme_dir) else path
 
     readme = Path(args.readme).read_text()
+    # what the hand-written text shows, with every generated block emptied (so reruns agree)
+    written = re.sub(r"<!-- (results[:\w-]*):begin -->.*?<!-- \1:end -->", "", readme, flags=re.S)
     lines = []
     for script in sorted(groups):
         block = [*script_table(script, groups[script]), ""]
@@ -444,7 +450,7 @@ def main(argv=None):
         if plot:
             block += [f"![{script} curves]({shown(plot)})", ""]
         for figure in copy_figures(script, groups[script], args.assets):
-            if f"({shown(figure)})" not in readme:  # the section may show it already
+            if f"({shown(figure)})" not in written:  # the section may show it already
                 block += [f"![{figure.stem}]({shown(figure)})", ""]
         if BEGIN.format(f"results:{script}") in readme:  # the script's own section has a block
             readme = replace_block(readme, f"results:{script}", block)
