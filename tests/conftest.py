@@ -87,3 +87,12 @@ needs_fashion = pytest.mark.skipif(
     not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
     reason="Fashion-MNIST from Debian is not installed (apt-get install dataset-fashion-mnist); "
            "CI installs it")
+
+
+def grads(module):
+    return [p.grad for p in module.parameters()]
+
+
+def untouched(gradients):
+    """No gradient, or an exactly zero one (indexing a stacked loss sends zeros to the others)."""
+    return all(g is None or not g.any() for g in gradients)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kgraph_mach
-from conftest import read_run, run_script
+from conftest import grads, read_run, run_script, untouched
 
 LINE = re.compile(r"^iter +\d+ \| epoch +[\d.]+ \| +[\d.]+ s \| acc teacher_0 [\d.]+ teacher_1 [\d.]+ "
                   r"teacher_2 [\d.]+ ensemble [\d.]+ \| loss ce_0 \S+ ce_1 \S+ ce_2 \S+ "
@@ -53,15 +53,6 @@ def test_local_output_never_touches_other_components():
     assert torch.isfinite(after).all()
     torch.testing.assert_close(after, before, rtol=0, atol=0)
     assert torch.isnan(ensemble).all()  # the ensemble does run them: the test can fail
-
-
-def grads(module):
-    return [p.grad for p in module.parameters()]
-
-
-def untouched(gradients):
-    """No gradient, or an exactly zero one (indexing a stacked loss sends zeros to the others)."""
-    return all(g is None or not g.any() for g in gradients)
 
 
 def test_teacher_loss_reaches_no_student_and_no_other_teacher():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sequential_mach
-from conftest import read_run, run_script
+from conftest import grads, read_run, run_script, untouched
 
 LINE = re.compile(r"^iter +\d+ \| epoch +[\d.]+ \| +[\d.]+ s \| acc teacher_0 [\d.]+ teacher_1 [\d.]+ "
                   r"chained_1 [\d.]+ backprop_0 [\d.]+ backprop_1 [\d.]+ \| loss ce_0 \S+ ce_1 \S+ "
@@ -92,15 +92,6 @@ def test_losses_match_a_hand_computation():
     torch.testing.assert_close(cross_entropies, torch.stack(
         [torch.nn.functional.cross_entropy(c0.logits(t0), y),
          torch.nn.functional.cross_entropy(c1.logits(t1), y)]))
-
-
-def grads(module):
-    return [p.grad for p in module.parameters()]
-
-
-def untouched(gradients):
-    """No gradient, or an exactly zero one (indexing a stacked loss sends zeros to the others)."""
-    return all(g is None or not g.any() for g in gradients)
 
 
 def test_teacher_loss_reaches_no_student_and_no_other_teacher():
