@@ -44,6 +44,7 @@ EXPERIMENTS = [
     ("synthgrad_demo", "defaults", ["--plot"], SEEDS),
     ("synthgrad_demo", "lumpy", ["--task", "lumpy", "--plot"], (0,)),
     ("synthgrad_demo", "lumpy-async", ["--task", "lumpy", "--async", "--plot"], (0,)),
+    ("async_mach", "defaults", ["--plot"], (0,)),
     ("layerwise_demo", "defaults", ["--plot"], (0,)),
     # the seed's questions: does the time per layer matter, and does fine-tuning pay?
     ("layerwise_demo", "submodel-front", ["--strategy", "submodel", "--layer-budget", "4", "1", "1"], (0,)),
