@@ -69,7 +69,7 @@ from torch import nn
 from common import cli
 from common.data import Batches, load_data
 from common.metrics import Run, evaluate
-from common.models import INITS, mlp
+from common.models import INITS, StackedMLP
 
 CLASSROOMS = ("sum", "mlp")
 
@@ -108,45 +108,59 @@ def build_parser():
 # ----------------------------------------------------------------------------- the idea
 
 class KGraphMach(nn.Module):
+    """k components; part p of all of them is one StackedMLP, so slice i of each is component i.
+
+    No component waits for another while training (each teacher reads its own
+    student), so the k students run together, then the k teachers, the k
+    logits layers and the k classrooms, as batched matmuls (common.models.StackedMLP).
+    """
+
     def __init__(self, k, input_size, hidden, embedding_size, num_classes, init, classroom="mlp"):
         super().__init__()
         self.k, self.classroom = k, classroom
-        self.students = nn.ModuleList(mlp([input_size, *hidden, embedding_size], init=init)
-                                      for _ in range(k))
-        self.teachers = nn.ModuleList(mlp([input_size + embedding_size, *hidden, embedding_size],
-                                          activate_output=True, init=init) for _ in range(k))
-        self.logits = nn.ModuleList(mlp([embedding_size, num_classes], init=init) for _ in range(k))
+        self.students = StackedMLP(k, [input_size, *hidden, embedding_size], init=init)
+        self.teachers = StackedMLP(k, [input_size + embedding_size, *hidden, embedding_size],
+                                   own_input=embedding_size, activate_output=True, init=init)
+        self.logits = StackedMLP(k, [embedding_size, num_classes], own_input=embedding_size,
+                                 init=init)
         if classroom == "mlp":
             # Never trained, in the original as here: its output is stop-gradiented below.
-            self.classrooms = nn.ModuleList(
-                mlp([(k - 1) * embedding_size, *hidden, embedding_size], activate_output=True,
-                    init=init) for _ in range(k)).requires_grad_(False)
+            classroom_input = (k - 1) * embedding_size
+            self.classrooms = StackedMLP(k, [classroom_input, *hidden, embedding_size],
+                                         own_input=classroom_input, activate_output=True,
+                                         init=init).requires_grad_(False)
+        # others[i] = the k - 1 components of student_i's classroom, in index order.
+        self.register_buffer("others", torch.tensor([[j for j in range(k) if j != i]
+                                                     for i in range(k)]), persistent=False)
 
     def teacher_embedding(self, i, x):
         # t_i = T_i(concat(x, sg(s_i))): the label loss stops at the student.
-        return self.teachers[i](torch.cat([x, self.students[i](x).detach()], 1))
+        return self.teachers(x, self.students(x, member=i).detach(), member=i)
 
-    def classroom_target(self, i, teachers):
-        """c_i from the other teachers' embeddings, all stop-gradiented."""
-        others = [t.detach() for j, t in enumerate(teachers) if j != i]
+    def classroom_targets(self, teachers):
+        """c_i for every i from the teachers' embeddings [k, B, E], all stop-gradiented."""
+        teachers = teachers.detach()
         if self.classroom == "sum":
-            return torch.stack(others).sum(0)
-        return self.classrooms[i](torch.cat(others, 1))
+            return teachers.sum(0, keepdim=True) - teachers       # sum over j != i
+        # [k, k-1, B, E] -> [k, B, (k-1) E]: component i's row is concat_{j != i} t_j.
+        others = teachers[self.others].permute(0, 2, 1, 3).flatten(2)
+        return self.classrooms(z=others)
 
     def losses(self, x, y):
         """(cross-entropy per teacher, distillation per student), each a tensor of k."""
-        students = [student(x) for student in self.students]
-        teachers = [teacher(torch.cat([x, s.detach()], 1))
-                    for teacher, s in zip(self.teachers, students)]
-        cross_entropies = [F.cross_entropy(logits(t), y) for logits, t in zip(self.logits, teachers)]
+        students = self.students(x)                                  # s_i = S_i(x): [k, B, E]
+        teachers = self.teachers(x, students.detach())               # t_i = T_i(concat(x, sg(s_i)))
+        logits = self.logits(z=teachers)                             # [k, B, classes]
+        # CE(L_i t_i, y) for each i: cross_entropy takes [k, classes, B] against [k, B].
+        cross_entropies = F.cross_entropy(logits.transpose(1, 2), y.expand(self.k, -1),
+                                          reduction="none").mean(1)
         # 1/2 sum (sg(c_i) - s_i)^2: the student chases its classroom, never the reverse.
-        distills = [0.5 * (self.classroom_target(i, teachers).detach() - s).pow(2).sum()
-                    for i, s in enumerate(students)]
-        return torch.stack(cross_entropies), torch.stack(distills)
+        distills = 0.5 * (self.classroom_targets(teachers) - students).pow(2).sum((1, 2))
+        return cross_entropies, distills
 
     def local_logits(self, i, x):
         # Answers from the input alone: the student replaces the whole rest of the graph.
-        return self.logits[i](self.teacher_embedding(i, x))
+        return self.logits(z=self.teacher_embedding(i, x), member=i)
 
     def ensemble_logits(self, x):
         """Mean of the k teachers' logits, each computed locally."""

@@ -62,7 +62,7 @@ from torch import nn
 from common import cli
 from common.data import Batches, load_data
 from common.metrics import Run, evaluate, synchronize
-from common.models import INITS, mlp
+from common.models import INITS, StackedMLP, mlp
 
 
 def build_parser():
@@ -84,56 +84,57 @@ def build_parser():
 
 # ----------------------------------------------------------------------------- the idea
 
-class Component(nn.Module):
-    """One link of the chain: a student standing in for the component below, a teacher, logits."""
-
-    def __init__(self, input_size, hidden, embedding_size, num_classes, init):
-        super().__init__()
-        self.student = mlp([input_size, *hidden, embedding_size], init=init)  # linear embedding
-        self.teacher = mlp([input_size + embedding_size, *hidden, embedding_size],
-                           activate_output=True, init=init)                     # ReLU on all three
-        self.logits = mlp([embedding_size, num_classes], init=init)
-
-    def embed(self, x, below):
-        """t = T(concat(x, below)): `below` is the student's guess or the real neighbour."""
-        return self.teacher(torch.cat([x, below], 1))
-
-    def local_logits(self, x):
-        # Answers from the input alone: the student replaces everything below.
-        return self.logits(self.embed(x, self.student(x)))
-
-
 class SequentialMach(nn.Module):
+    """The n components. Student_i, teacher_i and logits_i are slice i of three StackedMLPs.
+
+    While training no component waits for another (each teacher reads its own
+    student), so the n students run together as batched matmuls, then the n
+    teachers, then the n logits layers (common.models.StackedMLP: the same
+    numbers as n separate MLPs, one or two kernel calls per layer instead of n).
+    The chain appears only in the students' targets: t shifted by one component.
+    """
+
     def __init__(self, n_components, input_size, hidden, embedding_size, num_classes, init):
         super().__init__()
-        self.embedding_size = embedding_size
-        self.components = nn.ModuleList(
-            Component(input_size, hidden, embedding_size, num_classes, init)
-            for _ in range(n_components))
+        self.n, self.embedding_size = n_components, embedding_size
+        # S_i: x -> 512 -> 256 -> 128, linear embedding.
+        self.students = StackedMLP(n_components, [input_size, *hidden, embedding_size], init=init)
+        # T_i: concat(x, s_i) -> 512 -> 256 -> 128, ReLU on all three; s_i is its own input.
+        self.teachers = StackedMLP(n_components, [input_size + embedding_size, *hidden, embedding_size],
+                                   own_input=embedding_size, activate_output=True, init=init)
+        # L_i: 128 -> classes, reading t_i.
+        self.logits = StackedMLP(n_components, [embedding_size, num_classes],
+                                 own_input=embedding_size, init=init)
 
     def losses(self, x, y):
         """(cross-entropy per teacher, distillation per student), each a tensor of n_components."""
-        below = x.new_zeros(len(x), self.embedding_size)  # t_{-1} = 0
-        cross_entropies, distills = [], []
-        for component in self.components:
-            student = component.student(x)
-            # 1/2 sum (sg(t_{i-1}) - s_i)^2: the student chases the neighbour, never the reverse.
-            distills.append(0.5 * (below.detach() - student).pow(2).sum())
-            # t_i = T_i(concat(x, sg(s_i))): the label loss stops at the student.
-            teacher = component.embed(x, student.detach())
-            cross_entropies.append(F.cross_entropy(component.logits(teacher), y))
-            below = teacher
-        return torch.stack(cross_entropies), torch.stack(distills)
+        students = self.students(x)                                # s_i = S_i(x), all i: [n, B, E]
+        # t_i = T_i(concat(x, sg(s_i))): the label loss stops at the student.
+        teachers = self.teachers(x, students.detach())
+        # student_i's target is sg(t_{i-1}), with t_{-1} = 0 for the first component.
+        below = torch.cat([torch.zeros_like(teachers[:1]), teachers[:-1].detach()])
+        # 1/2 sum (sg(t_{i-1}) - s_i)^2: the student chases the neighbour, never the reverse.
+        distills = 0.5 * (below - students).pow(2).sum((1, 2))
+        logits = self.logits(z=teachers)                           # [n, B, classes]
+        # CE(L_i t_i, y) for each i: cross_entropy takes [n, classes, B] against [n, B].
+        cross_entropies = F.cross_entropy(logits.transpose(1, 2), y.expand(self.n, -1),
+                                          reduction="none").mean(1)
+        return cross_entropies, distills
+
+    def embed(self, i, x, below):
+        """t_i = T_i(concat(x, below)): `below` is the student's guess or the real neighbour."""
+        return self.teachers(x, below, member=i)
 
     def local_logits(self, i, x):
-        return self.components[i].local_logits(x)
+        # Answers from the input alone: student_i replaces everything below; slice i only.
+        return self.logits(z=self.embed(i, x, self.students(x, member=i)), member=i)
 
     def chained_logits(self, i, x):
         """Component i fed the real chain below it: t_0 = T_0(x, 0), t_j = T_j(x, t_{j-1})."""
         below = x.new_zeros(len(x), self.embedding_size)
-        for component in self.components[:i + 1]:
-            below = component.embed(x, below)
-        return self.components[i].logits(below)
+        for j in range(i + 1):
+            below = self.embed(j, x, below)
+        return self.logits(z=below, member=i)
 
 
 class BackpropChain(nn.Module):

@@ -2,6 +2,8 @@
 teachers, gradient models, auxiliary heads) are built in the scripts from
 these parts; nothing here knows about any training idea.
 """
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 INITS = ("torch", "tf")
@@ -41,6 +43,93 @@ def mlp(sizes, activation=nn.ReLU, activate_output=False, init="torch"):
     elif init != "torch":
         raise ValueError(f"unknown init {init!r}; choose from {INITS}")
     return net
+
+
+class StackedMLP(nn.Module):
+    """n independent MLPs of one shape, stored stacked so that all n run together.
+
+    MLP i reads an input shared by all n, x, and optionally one of its own,
+    z_i, as if concatenated. Layer 1 of MLP i, in nn.Linear's terms
+    (weight [out, in], y = h W^T + b):
+
+        h_i = concat(x, z_i) W_1[i]^T + b_1[i] = x Wx[i]^T + z_i Wz[i]^T + b_1[i]
+
+    and every later layer h_i <- h_i W_l[i]^T + b_l[i], with ReLU between
+    layers (and after the last if `activate_output`). No MLP reads another's
+    numbers: these are n separate `mlp(sizes)` networks.
+
+    What stacking buys is speed. For all n at once, the x part of layer 1 is
+    ONE plain matmul ([Wx[0]; ...; Wx[n-1]] x^T, x being shared) and every
+    other product one batched matmul (torch.baddbmm) over the n, so a layer
+    costs one or two calls instead of n; on a CPU the per-call overhead rivals
+    the arithmetic of 128-row matrices. Activations are kept feature-major,
+    [n, features, B], so each product is W h^T with no transposing copies;
+    inputs and outputs are [B, features] (x) and [n, B, features] (z, result).
+    forward(x, z, member=i) runs MLP i alone, as plain F.linear layers that
+    read only slice i of every parameter.
+
+    sizes[0] is the whole first-layer input, of which the last `own_input`
+    features are z_i and the rest x. init="torch" draws like nn.Linear
+    (uniform +-1/sqrt(fan_in), weights and biases); init="tf" like `init_tf_`.
+    """
+
+    def __init__(self, n, sizes, own_input=0, activate_output=False, init="torch"):
+        super().__init__()
+        if n < 1 or len(sizes) < 2 or min(sizes) < 1 or not 0 <= own_input <= sizes[0]:
+            raise ValueError(f"StackedMLP needs n >= 1, at least two positive sizes and "
+                             f"0 <= own_input <= sizes[0]; got n={n}, sizes={sizes}, "
+                             f"own_input={own_input}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose from {INITS}")
+        self.n, self.activate_output = n, activate_output
+        self.shared_input, self.own_input = sizes[0] - own_input, own_input
+        weights, biases = [], []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            weight, bias = torch.empty(n, fan_out, fan_in), torch.empty(n, fan_out, 1)
+            if init == "tf":
+                nn.init.trunc_normal_(weight, std=0.1, a=-0.2, b=0.2)
+                nn.init.constant_(bias, 0.1)
+            else:
+                bound = fan_in ** -0.5
+                nn.init.uniform_(weight, -bound, bound)
+                nn.init.uniform_(bias, -bound, bound)
+            weights.append(weight)
+            biases.append(bias)
+        first = weights.pop(0)  # layer 1 split into its x columns and its z columns
+        self.first_shared = (nn.Parameter(first[:, :, :self.shared_input].contiguous())
+                             if self.shared_input else None)
+        self.first_own = nn.Parameter(first[:, :, self.shared_input:].contiguous()) if own_input else None
+        self.weights, self.biases = nn.ParameterList(weights), nn.ParameterList(biases)
+
+    def forward(self, x=None, z=None, member=None):
+        """x: [B, shared]; z: [n, B, own] (all MLPs) or [B, own] (with `member`)."""
+        if member is not None:
+            return self.forward_one(member, x, z)
+        first_bias = self.biases[0]                                          # [n, out, 1]
+        if self.shared_input:
+            n, out, shared = self.first_shared.shape
+            # [n * out, shared] @ [shared, B]: the x part of every MLP's layer 1 in one matmul.
+            h = torch.addmm(first_bias.view(n * out, 1), self.first_shared.view(n * out, shared), x.t())
+            if self.own_input:
+                h = torch.baddbmm(h.view(n, out, -1), self.first_own, z.transpose(1, 2))
+        else:
+            h = torch.baddbmm(first_bias, self.first_own, z.transpose(1, 2))
+        for weight, bias in zip(self.weights, self.biases[1:]):
+            # ReLU in place on a fresh matmul output, then [n, out, B] for the next batched matmul.
+            h = torch.baddbmm(bias, weight, torch.relu_(h).view(self.n, weight.shape[2], -1))
+        h = h.view(self.n, -1, h.shape[-1]).transpose(1, 2)                  # [n, B, out]
+        return torch.relu(h) if self.activate_output else h
+
+    def forward_one(self, i, x=None, z=None):
+        """MLP i alone, layer by layer, reading only slice i of every parameter."""
+        h = self.biases[0][i, :, 0]
+        if self.shared_input:
+            h = F.linear(x, self.first_shared[i], h)
+        if self.own_input:
+            h = h + F.linear(z, self.first_own[i])
+        for weight, bias in zip(self.weights, self.biases[1:]):
+            h = F.linear(torch.relu(h), weight[i], bias[i, :, 0])
+        return torch.relu(h) if self.activate_output else h
 
 
 # -- Models as lists of blocks, for layer-wise training ------------------------

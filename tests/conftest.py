@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -91,6 +92,25 @@ needs_fashion = pytest.mark.skipif(
 
 def grads(module):
     return [p.grad for p in module.parameters()]
+
+
+def member_grads(module, i):
+    """Slice i (component i) of every gradient of a module built from StackedMLPs."""
+    return [None if p.grad is None else p.grad[i] for p in module.parameters()]
+
+
+def member_as_mlp(stacked, i):
+    """MLP i of a StackedMLP copied into a plain common.models.mlp: the trusted reference."""
+    from common.models import mlp
+    first = [w[i] for w in (stacked.first_shared, stacked.first_own) if w is not None]
+    weights = [torch.cat(first, 1)] + [w[i] for w in stacked.weights]   # concat(x, z) columns
+    net = mlp([weights[0].shape[1]] + [w.shape[0] for w in weights],
+              activate_output=stacked.activate_output)
+    with torch.no_grad():
+        for linear, weight, bias in zip(net[::2], weights, stacked.biases):
+            linear.weight.copy_(weight)
+            linear.bias.copy_(bias[i, :, 0])
+    return net
 
 
 def untouched(gradients):

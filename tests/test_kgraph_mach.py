@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kgraph_mach
-from conftest import grads, read_run, run_script, untouched
+from conftest import grads, member_as_mlp, member_grads, read_run, run_script, untouched
 
 LINE = re.compile(r"^iter +\d+ \| epoch +[\d.]+ \| +[\d.]+ s \| acc teacher_0 [\d.]+ teacher_1 [\d.]+ "
                   r"teacher_2 [\d.]+ ensemble [\d.]+ \| loss ce_0 \S+ ce_1 \S+ ce_2 \S+ "
@@ -44,15 +44,23 @@ def test_local_output_never_touches_other_components():
     x = torch.randn(6, 20)
     with torch.no_grad():
         before = model.local_logits(1, x)
-        for i in (0, 2):
-            for part in (model.students[i], model.teachers[i], model.logits[i], model.classrooms[i]):
-                for p in part.parameters():
-                    p.fill_(float("nan"))
+        for p in model.parameters():  # every parameter is stacked, component first
+            p[0] = float("nan")
+            p[2] = float("nan")
         after = model.local_logits(1, x)
         ensemble = model.ensemble_logits(x)
     assert torch.isfinite(after).all()
     torch.testing.assert_close(after, before, rtol=0, atol=0)
     assert torch.isnan(ensemble).all()  # the ensemble does run them: the test can fail
+
+
+def test_local_logits_are_the_real_composition():
+    model = small_model()
+    x = torch.randn(5, 20)
+    student, teacher, logits = (member_as_mlp(part, 2)
+                                for part in (model.students, model.teachers, model.logits))
+    torch.testing.assert_close(model.local_logits(2, x),
+                               logits(teacher(torch.cat([x, student(x)], 1))))
 
 
 def test_teacher_loss_reaches_no_student_and_no_other_teacher():
@@ -62,9 +70,9 @@ def test_teacher_loss_reaches_no_student_and_no_other_teacher():
     cross_entropies[1].backward()
     assert untouched(grads(model.students))
     for i in (0, 2):
-        assert untouched(grads(model.teachers[i]) + grads(model.logits[i]))
-    assert all(g is not None and g.abs().sum() > 0
-               for g in grads(model.teachers[1]) + grads(model.logits[1]))
+        assert untouched(member_grads(model.teachers, i) + member_grads(model.logits, i))
+    assert all(g.abs().sum() > 0
+               for g in member_grads(model.teachers, 1) + member_grads(model.logits, 1))
 
 
 @pytest.mark.parametrize("classroom", ["mlp", "sum"])
@@ -74,8 +82,8 @@ def test_distillation_reaches_only_its_student(classroom):
     _, distills = model.losses(x, y)
     distills[0].backward()
     assert untouched(grads(model.teachers) + grads(model.logits))
-    assert untouched(g for i in (1, 2) for g in grads(model.students[i]))
-    assert all(g is not None and g.abs().sum() > 0 for g in grads(model.students[0]))
+    assert untouched(member_grads(model.students, 1) + member_grads(model.students, 2))
+    assert all(g.abs().sum() > 0 for g in member_grads(model.students, 0))
     if classroom == "mlp":  # as in the original, the classroom is never trained
         assert all(not p.requires_grad for p in model.classrooms.parameters())
 
@@ -85,7 +93,7 @@ def test_sum_classroom_is_the_sum_of_the_other_teachers():
     x, y = torch.randn(5, 20), torch.randint(0, 10, (5,))
     _, distills = model.losses(x, y)
     t = [model.teacher_embedding(i, x) for i in range(3)]
-    s = [student(x) for student in model.students]
+    s = [member_as_mlp(model.students, i)(x) for i in range(3)]
     expected = torch.stack([((t[1] + t[2] - s[0]) ** 2).sum() / 2,
                             ((t[0] + t[2] - s[1]) ** 2).sum() / 2,
                             ((t[0] + t[1] - s[2]) ** 2).sum() / 2])
@@ -94,10 +102,12 @@ def test_sum_classroom_is_the_sum_of_the_other_teachers():
 
 def test_mlp_classroom_reads_the_others_in_order():
     model = small_model(classroom="mlp")
-    x = torch.randn(5, 20)
+    x, y = torch.randn(5, 20), torch.randint(0, 10, (5,))
+    _, distills = model.losses(x, y)
     t = [model.teacher_embedding(i, x) for i in range(3)]
-    torch.testing.assert_close(model.classroom_target(1, t),
-                               model.classrooms[1](torch.cat([t[0], t[2]], 1)))
+    s = [member_as_mlp(model.students, i)(x) for i in range(3)]
+    classroom_1 = member_as_mlp(model.classrooms, 1)(torch.cat([t[0], t[2]], 1))
+    torch.testing.assert_close(distills[1], ((classroom_1 - s[1]) ** 2).sum() / 2)
 
 
 def test_ensemble_is_the_mean_of_the_logits():
@@ -107,7 +117,7 @@ def test_ensemble_is_the_mean_of_the_logits():
     torch.testing.assert_close(model.ensemble_logits(x), expected)
 
 
-def test_train_step_updates_every_trained_parameter():
+def test_train_step_updates_every_trained_parameter_of_every_component():
     model = small_model()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=1e-3, fused=True)
@@ -117,7 +127,7 @@ def test_train_step_updates_every_trained_parameter():
     cross_entropies, distills = kgraph_mach.train_step(
         model, optimizer, torch.randn(6, 20), torch.randint(0, 10, (6,)))
     assert cross_entropies.shape == distills.shape == (3,)
-    assert all(not torch.equal(b, p) for b, p in zip(before, trained))
+    assert all(not torch.equal(b[i], p[i]) for b, p in zip(before, trained) for i in range(3))
     assert all(torch.equal(b, p) for b, p in zip(frozen, model.classrooms.parameters()))
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sequential_mach
-from conftest import grads, read_run, run_script, untouched
+from conftest import grads, member_as_mlp, member_grads, read_run, run_script, untouched
 
 LINE = re.compile(r"^iter +\d+ \| epoch +[\d.]+ \| +[\d.]+ s \| acc teacher_0 [\d.]+ teacher_1 [\d.]+ "
                   r"chained_1 [\d.]+ backprop_0 [\d.]+ backprop_1 [\d.]+ \| loss ce_0 \S+ ce_1 \S+ "
@@ -56,9 +56,8 @@ def test_local_output_never_touches_earlier_components():
     x = torch.randn(6, 20)
     with torch.no_grad():
         before = model.local_logits(2, x)
-        for component in model.components[:2]:
-            for p in component.parameters():
-                p.fill_(float("nan"))
+        for p in model.parameters():  # every parameter is stacked, component first
+            p[:2] = float("nan")
         after = model.local_logits(2, x)
         chained = model.chained_logits(2, x)
     assert torch.isfinite(after).all()
@@ -67,31 +66,35 @@ def test_local_output_never_touches_earlier_components():
     assert torch.isnan(chained).all()
 
 
-def test_chained_is_the_real_composition():
+def reference_parts(model, i):
+    """Component i as three plain MLPs (student, teacher, logits), copied from the stacks."""
+    return [member_as_mlp(part, i) for part in (model.students, model.teachers, model.logits)]
+
+
+def test_chained_and_local_are_the_real_compositions():
     model = small_model()
     x = torch.randn(5, 20)
-    zeros = torch.zeros(5, 8)
-    c0, c1, c2 = model.components
-    t0 = c0.teacher(torch.cat([x, zeros], 1))
-    t1 = c1.teacher(torch.cat([x, t0], 1))
-    t2 = c2.teacher(torch.cat([x, t1], 1))
-    torch.testing.assert_close(model.chained_logits(2, x), c2.logits(t2))
-    torch.testing.assert_close(model.local_logits(2, x),
-                               c2.logits(c2.teacher(torch.cat([x, c2.student(x)], 1))))
+    (s0, t0, l0), (s1, t1, l1), (s2, t2, l2) = [reference_parts(model, i) for i in range(3)]
+    e0 = t0(torch.cat([x, torch.zeros(5, 8)], 1))
+    e1 = t1(torch.cat([x, e0], 1))
+    e2 = t2(torch.cat([x, e1], 1))
+    torch.testing.assert_close(model.chained_logits(2, x), l2(e2))
+    torch.testing.assert_close(model.chained_logits(1, x), l1(e1))
+    torch.testing.assert_close(model.local_logits(2, x), l2(t2(torch.cat([x, s2(x)], 1))))
 
 
 def test_losses_match_a_hand_computation():
     model = small_model(n=2)
     x, y = torch.randn(7, 20), torch.randint(0, 10, (7,))
     cross_entropies, distills = model.losses(x, y)
-    c0, c1 = model.components
-    s0, s1 = c0.student(x), c1.student(x)
-    t0 = c0.teacher(torch.cat([x, s0], 1))
-    t1 = c1.teacher(torch.cat([x, s1], 1))
-    torch.testing.assert_close(distills, torch.stack([(s0 ** 2).sum() / 2, ((t0 - s1) ** 2).sum() / 2]))
+    (s0, t0, l0), (s1, t1, l1) = [reference_parts(model, i) for i in range(2)]
+    e0 = t0(torch.cat([x, s0(x)], 1))
+    e1 = t1(torch.cat([x, s1(x)], 1))
+    torch.testing.assert_close(distills, torch.stack([(s0(x) ** 2).sum() / 2,
+                                                      ((e0 - s1(x)) ** 2).sum() / 2]))
     torch.testing.assert_close(cross_entropies, torch.stack(
-        [torch.nn.functional.cross_entropy(c0.logits(t0), y),
-         torch.nn.functional.cross_entropy(c1.logits(t1), y)]))
+        [torch.nn.functional.cross_entropy(l0(e0), y),
+         torch.nn.functional.cross_entropy(l1(e1), y)]))
 
 
 def test_teacher_loss_reaches_no_student_and_no_other_teacher():
@@ -99,20 +102,21 @@ def test_teacher_loss_reaches_no_student_and_no_other_teacher():
     x, y = torch.randn(6, 20), torch.randint(0, 10, (6,))
     cross_entropies, _ = model.losses(x, y)
     cross_entropies[1].backward()
-    c0, c1, c2 = model.components
-    assert untouched(grads(c1.student))       # sg(s_1) in teacher_1's input
-    assert untouched(grads(c0) + grads(c2))   # no other component moves
-    assert all(g is not None and g.abs().sum() > 0 for g in grads(c1.teacher) + grads(c1.logits))
+    assert untouched(grads(model.students))                   # sg(s_1) in teacher_1's input
+    for i in (0, 2):                                          # no other component moves
+        assert untouched(member_grads(model.teachers, i) + member_grads(model.logits, i))
+    assert all(g.abs().sum() > 0
+               for g in member_grads(model.teachers, 1) + member_grads(model.logits, 1))
 
 
 def test_distillation_reaches_only_its_student():
     model = small_model()
     x, y = torch.randn(6, 20), torch.randint(0, 10, (6,))
     _, distills = model.losses(x, y)
-    distills[2].backward()                                 # student_2 chases sg(t_1)
-    c0, c1, c2 = model.components
-    assert untouched(grads(c0) + grads(c1) + grads(c2.teacher) + grads(c2.logits))
-    assert all(g is not None and g.abs().sum() > 0 for g in grads(c2.student))
+    distills[2].backward()                                    # student_2 chases sg(t_1)
+    assert untouched(grads(model.teachers) + grads(model.logits))
+    assert untouched(member_grads(model.students, 0) + member_grads(model.students, 1))
+    assert all(g.abs().sum() > 0 for g in member_grads(model.students, 2))
 
 
 def test_baseline_gradient_flows_down_the_chain():
@@ -125,14 +129,15 @@ def test_baseline_gradient_flows_down_the_chain():
     torch.testing.assert_close(chain.logits_of(2, x), chain.logits[2](chain.embeddings(x)[2]))
 
 
-def test_train_step_updates_every_parameter():
+def test_train_step_updates_every_parameter_of_every_component():
     model = small_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     before = [p.detach().clone() for p in model.parameters()]
     cross_entropies, distills = sequential_mach.train_step(
         model, optimizer, torch.randn(6, 20), torch.randint(0, 10, (6,)))
     assert cross_entropies.shape == distills.shape == (3,)
-    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert all(not torch.equal(b[i], p[i]) for b, p in zip(before, model.parameters())
+               for i in range(3))
 
 
 BAD_FLAGS = [
