@@ -31,7 +31,9 @@ a student, no distillation reaches a teacher, and, because the classroom's
 output is stopped as well, the classroom MLP C_i receives no gradient at
 all. In the original it is therefore a fixed random projection of the other
 teachers (truncated-normal init, never trained); we keep it so and say so
-by freezing its parameters. One Adam trains everything else.
+by freezing its parameters. One Adam trains everything else. The k
+students, teachers, logits layers and classrooms are each stored as one
+StackedMLP (slice i = component i), so that training runs all k together.
 
 What it measures, on the whole test set: each teacher's *local* accuracy
 (teacher_i fed its own student, no other component running), each
