@@ -88,12 +88,18 @@ def test_distillation_reaches_only_its_student(classroom):
         assert all(not p.requires_grad for p in model.classrooms.parameters())
 
 
-def test_sum_classroom_is_the_sum_of_the_other_teachers():
-    model = small_model(classroom="sum")
+def distills_and_reference_embeddings(classroom):
+    """The model's distillation losses, and each teacher's and student's embedding computed alone."""
+    model = small_model(classroom=classroom)
     x, y = torch.randn(5, 20), torch.randint(0, 10, (5,))
     _, distills = model.losses(x, y)
     t = [model.teacher_embedding(i, x) for i in range(3)]
     s = [member_as_mlp(model.students, i)(x) for i in range(3)]
+    return model, distills, t, s
+
+
+def test_sum_classroom_is_the_sum_of_the_other_teachers():
+    _, distills, t, s = distills_and_reference_embeddings("sum")
     expected = torch.stack([((t[1] + t[2] - s[0]) ** 2).sum() / 2,
                             ((t[0] + t[2] - s[1]) ** 2).sum() / 2,
                             ((t[0] + t[1] - s[2]) ** 2).sum() / 2])
@@ -101,11 +107,7 @@ def test_sum_classroom_is_the_sum_of_the_other_teachers():
 
 
 def test_mlp_classroom_reads_the_others_in_order():
-    model = small_model(classroom="mlp")
-    x, y = torch.randn(5, 20), torch.randint(0, 10, (5,))
-    _, distills = model.losses(x, y)
-    t = [model.teacher_embedding(i, x) for i in range(3)]
-    s = [member_as_mlp(model.students, i)(x) for i in range(3)]
+    model, distills, t, s = distills_and_reference_embeddings("mlp")
     classroom_1 = member_as_mlp(model.classrooms, 1)(torch.cat([t[0], t[2]], 1))
     torch.testing.assert_close(distills[1], ((classroom_1 - s[1]) ** 2).sum() / 2)
 
