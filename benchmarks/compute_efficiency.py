@@ -30,7 +30,6 @@ efficiency the script's own optimizer allows, whatever else is made faster:
 
     python benchmarks/compute_efficiency.py [--scripts single_mach ...] [--threads N] [--repeats 3]
 """
-import argparse
 import importlib
 import json
 import statistics
@@ -45,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from common import cli  # noqa: E402
 from common.metrics import hardware  # noqa: E402
 
 aten = torch.ops.aten
@@ -93,17 +93,14 @@ def unbatched(calls):
             out.append((func, args))
             continue
         tensors = [a for a in args if isinstance(a, tuple)]
-        slices = [(size[1:], stride[1:]) for size, stride in tensors]
-        if func is aten.baddbmm.default:  # addmm takes a bias row, not a [1, out] matrix
-            (size, stride) = slices[0]
-            slices[0] = (size[1:], stride[1:]) if size[0] == 1 else (size, stride)
+        slices = [(size[1:], stride[1:]) for size, stride in tensors]  # addmm broadcasts the bias
         out.extend([(plain[func], slices)] * tensors[-1][0][0])
     return out
 
 
-def interleaved_seconds(fns, seconds, block=3, warmup=5):
-    """Seconds per call of each fn, timed in alternating blocks of `block` calls for about
-    `seconds` in all: (median per fn, median over rounds of each fn's time / fns[0]'s)."""
+def interleaved_seconds(fns, seconds, warmup=5):
+    """Seconds per call of each fn, called in turn, one call each per round, for about `seconds`:
+    (median per fn, median over rounds of each fn's time / fns[0]'s)."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -112,9 +109,8 @@ def interleaved_seconds(fns, seconds, block=3, warmup=5):
         times = []
         for fn in fns:
             start = time.perf_counter()
-            for _ in range(block):
-                fn()
-            times.append((time.perf_counter() - start) / block)
+            fn()
+            times.append(time.perf_counter() - start)
         rounds.append(times)
     medians = [statistics.median(r[k] for r in rounds) for k in range(len(fns))]
     ratios = [statistics.median(r[k] / r[0] for r in rounds) for k in range(len(fns))]
@@ -191,7 +187,7 @@ def measure(name, step, seconds):
     flops = counter.get_total_flops()
     plain = unbatched(recorder.calls)
     (step_time, plain_time, own_time), (_, plain_ratio, own_ratio) = interleaved_seconds(
-        [step, replay(plain), replay(recorder.calls)], seconds, block=1)
+        [step, replay(plain), replay(recorder.calls)], seconds)
     gemm_time = min(plain_time, own_time)
     optimizer_time = optimizer_seconds_per_step(step)
     return {"script": name, "gflop_per_step": round(flops / 1e9, 4),
@@ -217,20 +213,19 @@ def measure_repeatedly(name, seconds, repeats):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scripts", nargs="+", choices=list(STEPS), default=list(STEPS))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--seconds", type=float, default=12.0,
+    parser.add_argument("--threads", type=cli.positive_int, default=None,
+                        help="torch threads (default: torch's)")
+    parser.add_argument("--seconds", type=cli.positive_float, default=12.0,
                         help="timing window per script (step and GEMM replays alternate inside it)")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--repeats", type=cli.positive_int, default=3,
                         help="timing windows per script; the median is reported (default 3)")
     parser.add_argument("--json", default="results/benchmarks/compute_efficiency.json")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.repeats < 1 or args.seconds <= 0:
-        parser.error("--repeats must be at least 1 and --seconds positive")
     rows = [measure_repeatedly(name, args.seconds, args.repeats) for name in args.scripts]
     print(f"compute efficiency on {hardware(torch.device('cpu'))}")
     print(f"{'script':<18} {'GFLOP/step':>10} {'step ms':>8} {'GEMM ms':>8} {'optim ms':>8} "

@@ -9,17 +9,19 @@ from torch import nn
 INITS = ("torch", "tf")
 
 
-def init_tf_(module, std=0.1, bias=0.1):
-    """The originals' TensorFlow initialisation, in place, on every Linear/Conv.
+def _draw_tf_(weight, bias, std=0.1, bias_value=0.1):
+    """Weights ~ tf.truncated_normal(stddev=std): normal, redrawn outside two
+    standard deviations; biases = constant `bias_value`. In place."""
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+    if bias is not None:
+        nn.init.constant_(bias, bias_value)
 
-    Weights ~ tf.truncated_normal(stddev=std): normal, redrawn outside two
-    standard deviations; biases = constant `bias`.
-    """
+
+def init_tf_(module, std=0.1, bias=0.1):
+    """The originals' TensorFlow initialisation (`_draw_tf_`), in place, on every Linear/Conv."""
     for layer in module.modules():
         if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
-            if layer.bias is not None:
-                nn.init.constant_(layer.bias, bias)
+            _draw_tf_(layer.weight, layer.bias, std, bias)
     return module
 
 
@@ -87,8 +89,7 @@ class StackedMLP(nn.Module):
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
             weight, bias = torch.empty(n, fan_out, fan_in), torch.empty(n, fan_out, 1)
             if init == "tf":
-                nn.init.trunc_normal_(weight, std=0.1, a=-0.2, b=0.2)
-                nn.init.constant_(bias, 0.1)
+                _draw_tf_(weight, bias)
             else:
                 bound = fan_in ** -0.5
                 nn.init.uniform_(weight, -bound, bound)
