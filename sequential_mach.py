@@ -183,20 +183,24 @@ def train_step(model, optimizer, x, y):
 # ----------------------------------------------------------------------------- measuring
 
 @torch.inference_mode()
-def ms_per_batch(predict, x, batch_size, device, repeats=5):
-    """Mean milliseconds to answer one test batch of `batch_size`, best of `repeats` passes."""
+def ms_per_batch(predictors, x, batch_size, device, repeats=5):
+    """{name: mean milliseconds to answer one test batch of `batch_size`}, best of `repeats`
+    passes over the test set; the predictors take turns each pass, so a machine whose speed
+    drifts slows them alike."""
     batches = [x[start:start + batch_size] for start in range(0, len(x) - batch_size + 1, batch_size)]
     batches = batches or [x]
-    predict(batches[0])  # warm-up: first-call allocations are not the steady state
-    best = float("inf")
+    best = dict.fromkeys(predictors, float("inf"))
+    for predict in predictors.values():
+        predict(batches[0])  # warm-up: first-call allocations are not the steady state
     for _ in range(repeats):
-        synchronize(device)
-        began = time.perf_counter()
-        for batch in batches:
-            predict(batch)
-        synchronize(device)
-        best = min(best, (time.perf_counter() - began) / len(batches))
-    return best * 1e3
+        for name, predict in predictors.items():
+            synchronize(device)
+            began = time.perf_counter()
+            for batch in batches:
+                predict(batch)
+            synchronize(device)
+            best[name] = min(best[name], (time.perf_counter() - began) / len(batches) * 1e3)
+    return best
 
 
 def main(argv=None):
@@ -259,10 +263,10 @@ def main(argv=None):
         with run.evaluating():
             timing = {}
             for i in range(n):
-                alone = ms_per_batch(lambda b: model.local_logits(i, b), data.test_x,
-                                     args.batch_size, device)
-                chained = ms_per_batch(lambda b: model.chained_logits(i, b), data.test_x,
-                                       args.batch_size, device)
+                ms = ms_per_batch({"alone": lambda b: model.local_logits(i, b),
+                                   "chain": lambda b: model.chained_logits(i, b)},
+                                  data.test_x, args.batch_size, device)
+                alone, chained = ms["alone"], ms["chain"]
                 timing[f"teacher_{i}"] = {"alone": round(alone, 4), "chain": round(chained, 4)}
                 run.print(f"inference {args.batch_size}-example batch | component {i} alone "
                           f"{alone:.3f} ms | chain 0..{i} {chained:.3f} ms | "

@@ -106,29 +106,34 @@ class StackedMLP(nn.Module):
         """x: [B, shared]; z: [n, B, own] (all MLPs) or [B, own] (with `member`)."""
         if member is not None:
             return self.forward_one(member, x, z)
-        first_bias = self.biases[0]                                          # [n, out, 1]
+        # Plain lists: slicing a ParameterList builds a new Module, a cost paid every step.
+        weights, biases = list(self.weights), list(self.biases)
+        first_bias = biases[0]                                               # [n, out, 1]
         if self.shared_input:
             n, out, shared = self.first_shared.shape
             # [n * out, shared] @ [shared, B]: the x part of every MLP's layer 1 in one matmul.
-            h = torch.addmm(first_bias.view(n * out, 1), self.first_shared.view(n * out, shared), x.t())
+            h = torch.addmm(first_bias.view(n * out, 1), self.first_shared.view(n * out, shared),
+                            x.t()).view(n, out, -1)                        # [n, out, B]
             if self.own_input:
-                h = torch.baddbmm(h.view(n, out, -1), self.first_own, z.transpose(1, 2))
+                h = torch.baddbmm(h, self.first_own, z.transpose(1, 2))
         else:
             h = torch.baddbmm(first_bias, self.first_own, z.transpose(1, 2))
-        for weight, bias in zip(self.weights, self.biases[1:]):
-            # ReLU in place on a fresh matmul output, then [n, out, B] for the next batched matmul.
-            h = torch.baddbmm(bias, weight, torch.relu_(h).view(self.n, weight.shape[2], -1))
-        h = h.view(self.n, -1, h.shape[-1]).transpose(1, 2)                  # [n, B, out]
-        return torch.relu(h) if self.activate_output else h
+        for weight, bias in zip(weights, biases[1:]):
+            # ReLU in place on a fresh matmul output (no copy), then the next batched matmul.
+            h = torch.baddbmm(bias, weight, torch.relu_(h))
+        if self.activate_output:
+            torch.relu_(h)
+        return h.transpose(1, 2)                                             # [n, B, out]
 
     def forward_one(self, i, x=None, z=None):
         """MLP i alone, layer by layer, reading only slice i of every parameter."""
-        h = self.biases[0][i, :, 0]
+        biases = list(self.biases)
+        h = biases[0][i, :, 0]
         if self.shared_input:
             h = F.linear(x, self.first_shared[i], h)
         if self.own_input:
             h = h + F.linear(z, self.first_own[i])
-        for weight, bias in zip(self.weights, self.biases[1:]):
+        for weight, bias in zip(self.weights, biases[1:]):
             h = F.linear(torch.relu(h), weight[i], bias[i, :, 0])
         return torch.relu(h) if self.activate_output else h
 
