@@ -28,7 +28,14 @@ efficiency the script's own optimizer allows, whatever else is made faster:
 
     bound = GEMM time / (GEMM time + optimizer time)
 
-    python benchmarks/compute_efficiency.py [--scripts single_mach ...] [--threads N] [--repeats 3]
+`--compile` adds a row for each of sequential_mach and kgraph_mach with the
+same model's losses under torch.compile, timed against the same GEMM
+replay: what fusing the elementwise work and dropping eager autograd's
+per-operation overhead would buy, and, as `compile_s`, what the first
+call's compilation costs (less when inductor's on-disk cache already holds
+the kernels from an earlier run).
+
+    python benchmarks/compute_efficiency.py [--scripts single_mach ...] [--threads N] [--repeats 3] [--compile]
 """
 import importlib
 import json
@@ -100,7 +107,7 @@ def unbatched(calls):
 
 def interleaved_seconds(fns, seconds, warmup=5):
     """Seconds per call of each fn, called in turn, one call each per round, for about `seconds`:
-    (median per fn, median over rounds of each fn's time / fns[0]'s)."""
+    (median per fn, f(k, j) = median over rounds of fn k's time / fn j's)."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -113,8 +120,7 @@ def interleaved_seconds(fns, seconds, warmup=5):
             times.append(time.perf_counter() - start)
         rounds.append(times)
     medians = [statistics.median(r[k] for r in rounds) for k in range(len(fns))]
-    ratios = [statistics.median(r[k] / r[0] for r in rounds) for k in range(len(fns))]
-    return medians, ratios
+    return medians, lambda k, j: statistics.median(r[k] / r[j] for r in rounds)
 
 
 def single_mach_step():
@@ -125,17 +131,25 @@ def single_mach_step():
     return lambda: module.train_step(model, optimizer, x, y)
 
 
-def sequential_mach_step():
+def compile_losses(model, compiled):
+    """With `compiled`, the model's forward and losses run under torch.compile (its backward
+    too, through AOTAutograd); the fused Adam update stays the same eager kernel."""
+    if compiled:
+        model.losses = torch.compile(model.losses)
+    return model
+
+
+def sequential_mach_step(compiled=False):
     module = importlib.import_module("sequential_mach")
-    model = module.SequentialMach(3, 784, [512, 256], 128, 10, "tf")
+    model = compile_losses(module.SequentialMach(3, 784, [512, 256], 128, 10, "tf"), compiled)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
     return lambda: module.train_step(model, optimizer, x, y)
 
 
-def kgraph_mach_step():
+def kgraph_mach_step(compiled=False):
     module = importlib.import_module("kgraph_mach")
-    model = module.KGraphMach(4, 784, [512, 256], 128, 10, "torch", "mlp")
+    model = compile_losses(module.KGraphMach(4, 784, [512, 256], 128, 10, "torch", "mlp"), compiled)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=1e-4, fused=True)
     x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
@@ -158,6 +172,8 @@ def synthgrad_step(method):
 STEPS = {"single_mach": single_mach_step, "sequential_mach": sequential_mach_step,
          "kgraph_mach": kgraph_mach_step, "synthgrad_backprop": synthgrad_step("backprop"),
          "synthgrad_dni": synthgrad_step("dni"), "synthgrad_cdni": synthgrad_step("cdni")}
+# the scripts whose step can also be timed with its losses under torch.compile (--compile)
+COMPILABLE = ("sequential_mach", "kgraph_mach")
 
 
 def optimizer_seconds_per_step(step, steps=50):
@@ -177,7 +193,9 @@ def optimizer_seconds_per_step(step, steps=50):
     return spent[0] / steps
 
 
-def measure(name, step, seconds):
+def measure(name, step, seconds, compiled=None):
+    """The figures of one window. With `compiled` (the same model's step with its losses
+    compiled: the same matmuls, other kernels around them), it takes turns with the rest."""
     step()  # build optimizer state before counting
     with FlopCounterMode(display=False) as counter:
         step()
@@ -186,10 +204,17 @@ def measure(name, step, seconds):
         step()
     flops = counter.get_total_flops()
     plain = unbatched(recorder.calls)
-    (step_time, plain_time, own_time), (_, plain_ratio, own_ratio) = interleaved_seconds(
-        [step, replay(plain), replay(recorder.calls)], seconds)
+    (step_time, plain_time, own_time, *compiled_time), ratio = interleaved_seconds(
+        [step, replay(plain), replay(recorder.calls), *([compiled] if compiled else [])], seconds)
+    plain_ratio, own_ratio = ratio(1, 0), ratio(2, 0)
     gemm_time = min(plain_time, own_time)
     optimizer_time = optimizer_seconds_per_step(step)
+    if compiled:  # against the same faster GEMM replay as the eager step
+        gemm = 1 if plain_ratio < own_ratio else 2
+        extra = {"compiled_step_ms": round(compiled_time[0] * 1e3, 3),
+                 "efficiency_compiled": round(ratio(gemm, 3), 3)}
+    else:
+        extra = {}
     return {"script": name, "gflop_per_step": round(flops / 1e9, 4),
             "matmuls_per_step": len(recorder.calls), "plain_matmuls_per_step": len(plain),
             "step_ms": round(step_time * 1e3, 3), "gemm_only_ms": round(gemm_time * 1e3, 3),
@@ -200,15 +225,31 @@ def measure(name, step, seconds):
             "step_gflops": round(flops / step_time / 1e9, 1),
             "gemm_gflops": round(flops / gemm_time / 1e9, 1),
             "efficiency_plain": round(plain_ratio, 3), "efficiency_own_calls": round(own_ratio, 3),
-            "efficiency": round(min(plain_ratio, own_ratio), 3), "target": 0.7}
+            "efficiency": round(min(plain_ratio, own_ratio), 3), "target": 0.7, **extra}
 
 
-def measure_repeatedly(name, seconds, repeats):
-    """`repeats` measurements of one script: the median of every figure, and the efficiencies seen."""
-    runs = [measure(name, STEPS[name](), seconds) for _ in range(repeats)]
-    row = {key: (statistics.median(r[key] for r in runs) if isinstance(value, float) else value)
+def measure_repeatedly(name, seconds, repeats, compile=False):
+    """`repeats` measurements of one script: the median of every figure, and the efficiencies
+    seen. With `compile`, the same step with its losses compiled is timed beside the eager
+    one, and its first call, which compiles, as `compile_s`."""
+    compiled = None
+    if compile and name in COMPILABLE:
+        compiled = STEPS[name](compiled=True)
+        began = time.perf_counter()
+        try:
+            compiled()
+        except Exception as error:  # no C++ compiler, or an inductor limitation
+            raise SystemExit(f"compute_efficiency: torch.compile failed for {name} "
+                             f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                             f"it needs a working C++ compiler; run without --compile") from None
+        compile_seconds = round(time.perf_counter() - began, 1)
+    runs = [measure(name, STEPS[name](), seconds, compiled) for _ in range(repeats)]
+    row = {key: (round(statistics.median(r[key] for r in runs), 3) if isinstance(value, float) else value)
            for key, value in runs[0].items()}
     row["efficiency_repeats"] = [r["efficiency"] for r in runs]
+    if compiled:
+        row["efficiency_compiled_repeats"] = [r["efficiency_compiled"] for r in runs]
+        row["compile_s"] = compile_seconds
     return row
 
 
@@ -221,12 +262,15 @@ def main(argv=None):
                         help="timing window per script (step and GEMM replays alternate inside it)")
     parser.add_argument("--repeats", type=cli.positive_int, default=3,
                         help="timing windows per script; the median is reported (default 3)")
+    parser.add_argument("--compile", action="store_true",
+                        help=f"also time {' and '.join(COMPILABLE)} with their losses under "
+                             f"torch.compile (the first call compiles; needs a C++ compiler)")
     parser.add_argument("--json", default="results/benchmarks/compute_efficiency.json")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rows = [measure_repeatedly(name, args.seconds, args.repeats) for name in args.scripts]
+    rows = [measure_repeatedly(name, args.seconds, args.repeats, args.compile) for name in args.scripts]
     print(f"compute efficiency on {hardware(torch.device('cpu'))}")
     print(f"{'script':<18} {'GFLOP/step':>10} {'step ms':>8} {'GEMM ms':>8} {'optim ms':>8} "
           f"{'step GFLOP/s':>12} {'GEMM GFLOP/s':>12} {'efficiency':>10} {'(runs)':>16} {'bound':>6}")
@@ -237,6 +281,13 @@ def main(argv=None):
               f"{r['gemm_only_ms']:>8.2f} {r['optimizer_ms']:>8.2f} {r['step_gflops']:>12.1f} "
               f"{r['gemm_gflops']:>12.1f} {r['efficiency']:>10.2f} {runs:>16} "
               f"{r['bound_gemm_plus_optimizer']:>6.2f}  (target >= 0.7: {verdict})")
+    for r in rows:
+        if "efficiency_compiled" in r:
+            verdict = "met" if r["efficiency_compiled"] >= r["target"] else "MISSED"
+            runs = "/".join(f"{e:.2f}" for e in r["efficiency_compiled_repeats"])
+            print(f"{r['script']:<18} with its losses under torch.compile: step {r['compiled_step_ms']:.2f} ms, "
+                  f"efficiency {r['efficiency_compiled']:.2f} ({runs}), first call (compiling) "
+                  f"{r['compile_s']:.1f} s  (target >= 0.7: {verdict})")
     print(f"GEMM ms: the step's matmuls replayed alone, the faster of as called and split per layer; "
           f"efficiency = GEMM ms / step ms, median of {args.repeats} windows of alternating calls; "
           f"bound = GEMM ms / (GEMM ms + optimizer ms)")

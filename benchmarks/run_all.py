@@ -26,7 +26,7 @@ SEEDS = (0, 1, 2)
 # name -> (full flags, quick flags or None to skip in --quick); each is benchmarks/<name>.py
 BENCHMARKS = {
     "data_path": ([], ["--steps", "50", "--samples", "10000"]),
-    "compute_efficiency": ([], ["--seconds", "0.3", "--repeats", "1", "--scripts", "single_mach"]),
+    "compute_efficiency": (["--compile"], ["--seconds", "0.3", "--repeats", "1", "--scripts", "single_mach"]),
     "message_cost": ([], ["--messages", "100"]),
     "synthgrad_transport": (["--plot"], ["--skip-training", "--messages", "100"]),
     "async_efficiency": (["--plot"], None),
