@@ -19,7 +19,6 @@ Parts (--parts, all by default):
 
     flock /tmp/measure.lock python benchmarks/async_efficiency.py --plot
 """
-import argparse
 import csv
 import json
 import os
@@ -31,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "async_mach.py"
+sys.path.insert(0, str(ROOT))
+from common import cli  # noqa: E402
 
 
 def run(args, out, *flags, threads=1, pin=None):
@@ -199,24 +200,24 @@ def plot(results, assets):
         fig.savefig(assets / "async_latency.png", dpi=110)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None):
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", default=["efficiency", "tta", "slow", "latency"],
                         choices=["efficiency", "tta", "slow", "latency"])
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--data-dir", default="./data")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--components", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=20, help="length of each rate run")
-    parser.add_argument("--target", type=float, default=0.80, help="time-to-accuracy target")
-    parser.add_argument("--tta-iterations", type=int, default=1000)
-    parser.add_argument("--slow-ms", type=float, default=100)
-    parser.add_argument("--latencies", type=float, nargs="+", default=[0, 10, 50, 200])
-    parser.add_argument("--latency-iterations", type=int, default=600)
+    parser.add_argument("--components", type=cli.positive_int, default=2)
+    parser.add_argument("--seconds", type=cli.positive_float, default=20, help="length of each rate run")
+    parser.add_argument("--target", type=cli.positive_float, default=0.80, help="time-to-accuracy target")
+    parser.add_argument("--tta-iterations", type=cli.positive_int, default=1000)
+    parser.add_argument("--slow-ms", type=cli.nonnegative_float, default=100)
+    parser.add_argument("--latencies", type=cli.nonnegative_float, nargs="+", default=[0, 10, 50, 200])
+    parser.add_argument("--latency-iterations", type=cli.positive_int, default=600)
     parser.add_argument("--out", default="runs/async_efficiency")
     parser.add_argument("--json", default=None, help="JSON file to write (default <out>/async_efficiency.json)")
     parser.add_argument("--plot", action="store_true", help="draw assets/async_*.png")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if "efficiency" in args.parts and not shutil.which("taskset"):

@@ -10,7 +10,6 @@ Measures, in one run on this machine:
 
     python benchmarks/data_path.py [--threads N] [--samples N] [--json results/benchmarks/data_path.json]
 """
-import argparse
 import gzip
 import json
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import cli  # noqa: E402
 from common.data import Batches, load_data, locate  # noqa: E402
 from common.metrics import hardware  # noqa: E402
 
@@ -80,11 +80,11 @@ def data_share_of_step(data, steps, batch_size):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=300, help="single_mach steps to time")
-    parser.add_argument("--samples", type=int, default=60_000,
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=128)
+    parser.add_argument("--steps", type=cli.positive_int, default=300, help="single_mach steps to time")
+    parser.add_argument("--samples", type=cli.positive_int, default=60_000,
                         help="samples to draw through the DataLoader (default: one epoch)")
     parser.add_argument("--json", default="results/benchmarks/data_path.json")
     args = parser.parse_args(argv)

@@ -16,7 +16,6 @@ are on the dataset named in the row).
 
     python benchmarks/make_results.py [--results results] [--readme README.md] [--assets assets]
 """
-import argparse
 import csv
 import json
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from common import cli  # noqa: E402
 from common.plots import draw, read_metrics  # noqa: E402
 
 # (script, metric, component) -> the reference number and where it comes from.
@@ -436,7 +436,7 @@ def replace_block(text, name, lines):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=str(ROOT / "results"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     parser.add_argument("--assets", default=str(ROOT / "assets"))

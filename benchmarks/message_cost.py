@@ -14,7 +14,6 @@ the ratio is HTTP's time over ours.
 
     python benchmarks/message_cost.py [--messages 2000] [--size 128]
 """
-import argparse
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ import torch.multiprocessing as mp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.synthgrad_transport import channel_round_trips, http_round_trips  # noqa: E402
+from common import cli  # noqa: E402
 from common.metrics import hardware  # noqa: E402
 from common.transport import free_port  # noqa: E402
 
@@ -73,9 +73,9 @@ def gloo_round_trips(shape, n):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=128, help="the tensor is size x size float32")
-    parser.add_argument("--messages", type=int, default=2000, help="round trips timed per transport")
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=cli.positive_int, default=128, help="the tensor is size x size float32")
+    parser.add_argument("--messages", type=cli.positive_int, default=2000, help="round trips timed per transport")
     parser.add_argument("--json", default="results/benchmarks/message_cost.json")
     args = parser.parse_args(argv)
     shape = (args.size, args.size)

@@ -10,7 +10,6 @@ folders under results/<script>/. The README's tables and assets/ plots are
 then rewritten by benchmarks/make_results.py. A failed step is reported at
 the end and makes the exit code non-zero; the others still run.
 """
-import argparse
 import json
 import shutil
 import subprocess
@@ -20,6 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from common import cli  # noqa: E402
+
 PY = sys.executable
 SEEDS = (0, 1, 2)
 
@@ -68,7 +70,7 @@ def run(name, command):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="benchmarks' quick modes only")
     parser.add_argument("--only", choices=["benchmarks", "experiments"], default=None)
     parser.add_argument("--experiments", nargs="+", default=None, metavar="SCRIPT",

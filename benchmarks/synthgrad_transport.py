@@ -14,7 +14,6 @@
 
 writes the numbers as JSON to --json (default results/benchmarks/synthgrad_transport.json).
 """
-import argparse
 import http.server
 import json
 import os
@@ -31,7 +30,8 @@ import torch.multiprocessing as mp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from synthgrad_demo import Channel  # noqa: E402
+from common import cli  # noqa: E402
+from synthgrad_demo import Channel, build_parser  # noqa: E402
 
 
 def channel_echo(ask, answer, stop):
@@ -123,15 +123,17 @@ def lumpy_ratios(seed, extra, runs_dir):
     return out
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=100, help="rows of the 24-wide array sent")
-    parser.add_argument("--messages", type=int, default=2000, help="round trips timed per transport")
+def main(argv=None):
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=cli.positive_int, default=100, help="rows of the 24-wide array sent")
+    parser.add_argument("--messages", type=cli.positive_int, default=2000, help="round trips timed per transport")
     parser.add_argument("--seed", type=int, default=0, help="seed of the two lumpy runs")
     parser.add_argument("--skip-training", action="store_true", help="only measure the transports")
     parser.add_argument("--json", "--out", dest="out", default="results/benchmarks/synthgrad_transport.json",
                         help="JSON file to write (the two lumpy run folders go beside it)")
-    args, extra = parser.parse_known_args()   # other flags go to synthgrad_demo.py
+    args, extra = parser.parse_known_args(argv)   # other flags go to synthgrad_demo.py
+    if not args.skip_training:
+        build_parser().parse_args(["--task", "lumpy", *extra])  # a bad one stops us before any work
     channel = channel_round_trips((args.batch_size, 24), args.messages)
     http = http_round_trips((args.batch_size, 24), max(200, args.messages // 4))
     results = {"array": [args.batch_size, 24], "channel_us_per_round_trip": round(channel * 1e6, 1),
