@@ -239,9 +239,9 @@ def measure_repeatedly(name, seconds, repeats, compile=False):
         try:
             compiled()
         except Exception as error:  # no C++ compiler, or an inductor limitation
-            raise SystemExit(f"compute_efficiency: torch.compile failed for {name} "
-                             f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-                             f"it needs a working C++ compiler; run without --compile") from None
+            raise cli.UserError(f"torch.compile failed for {name} ({type(error).__name__}: "
+                                f"{str(error).splitlines()[0][:200]}); it needs a working C++ "
+                                f"compiler; run without --compile") from None
         compile_seconds = round(time.perf_counter() - began, 1)
     runs = [measure(name, STEPS[name](), seconds, compiled) for _ in range(repeats)]
     row = {key: (round(statistics.median(r[key] for r in runs), 3) if isinstance(value, float) else value)
@@ -299,4 +299,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_script(main)

@@ -106,8 +106,7 @@ class StackedMLP(nn.Module):
         """x: [B, shared]; z: [n, B, own] (all MLPs) or [B, own] (with `member`)."""
         if member is not None:
             return self.forward_one(member, x, z)
-        # Plain lists: slicing a ParameterList builds a new Module, a cost paid every step.
-        weights, biases = list(self.weights), list(self.biases)
+        biases = list(self.biases)  # slicing the ParameterList itself would build a Module per call
         first_bias = biases[0]                                               # [n, out, 1]
         if self.shared_input:
             n, out, shared = self.first_shared.shape
@@ -118,7 +117,7 @@ class StackedMLP(nn.Module):
                 h = torch.baddbmm(h, self.first_own, z.transpose(1, 2))
         else:
             h = torch.baddbmm(first_bias, self.first_own, z.transpose(1, 2))
-        for weight, bias in zip(weights, biases[1:]):
+        for weight, bias in zip(self.weights, biases[1:]):
             # ReLU in place on a fresh matmul output (no copy), then the next batched matmul.
             h = torch.baddbmm(bias, weight, torch.relu_(h))
         if self.activate_output:
@@ -127,7 +126,7 @@ class StackedMLP(nn.Module):
 
     def forward_one(self, i, x=None, z=None):
         """MLP i alone, layer by layer, reading only slice i of every parameter."""
-        biases = list(self.biases)
+        biases = list(self.biases)  # as in forward
         h = biases[0][i, :, 0]
         if self.shared_input:
             h = F.linear(x, self.first_shared[i], h)
