@@ -67,7 +67,7 @@ from torch import nn
 
 from common import cli
 from common.data import load_data
-from common.metrics import Run, evaluate
+from common.run_folder import Run, evaluate
 from common.models import INITS, mlp
 from common.transport import (DictBoard, GlooTransport, PeerFailure, ThreadTransport,
                               connect_store, free_port)

@@ -70,8 +70,8 @@ from torch import nn
 
 from common import cli
 from common.data import Batches, load_data
-from common.metrics import Run, evaluate
-from common.models import INITS, StackedMLP
+from common.models import INITS, StackedMLP, make_optimizer
+from common.run_folder import Run, evaluate
 
 CLASSROOMS = ("sum", "mlp")
 
@@ -186,9 +186,8 @@ def main(argv=None):
     data = load_data(args.dataset, args.data_dir, device, flat=True)
     model = KGraphMach(args.k, data.input_size, args.hidden, args.embedding_size,
                        data.num_classes, args.init, args.classroom).to(device)
-    # Only the trained parameters; fused=True: one kernel updates them all, much faster on CPU.
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                 lr=args.lr, fused=True)
+    # Only the trained parameters (the classroom MLPs are fixed).
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], "adam", args.lr)
     batches = Batches(data.train_x, data.train_y, args.batch_size, args.seed)
     stream = iter(batches)
 

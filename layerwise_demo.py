@@ -58,7 +58,7 @@ from torch import nn
 
 from common import cli
 from common.data import Batches, load_data
-from common.metrics import Run, evaluate, synchronize
+from common.run_folder import Run, evaluate, synchronize
 from common.models import BLOCK_MODELS
 
 STRATEGIES = ("backprop", "backprop-sgd", "submodel", "decoupled", "maxdiff", "kl", "staged")

@@ -38,8 +38,8 @@ from torch import nn
 
 from common import cli
 from common.data import Batches, load_data
-from common.metrics import Run, evaluate
-from common.models import INITS, mlp
+from common.models import INITS, make_optimizer, mlp
+from common.run_folder import Run, evaluate
 
 
 def build_parser():
@@ -95,8 +95,7 @@ def main(argv=None):
     data = load_data(args.dataset, args.data_dir, device, flat=True)
     model = SingleMach(data.input_size, args.hidden, args.embedding_size,
                        data.num_classes, args.init).to(device)
-    # fused=True: one kernel updates every parameter; the step is ~1.5x faster on CPU.
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
+    optimizer = make_optimizer(model.parameters(), "adam", args.lr)
     batches = Batches(data.train_x, data.train_y, args.batch_size, args.seed)
     stream = iter(batches)
 
@@ -111,6 +110,12 @@ def main(argv=None):
                 run.log(step, batches.epoch,
                         accuracy={"teacher": teacher_acc, "student": student_acc},
                         losses={"ce": cross_entropy.item(), "distill": distill.item()})
+
+        # For the results table: the student against the teacher it distils.
+        for name, original in (("teacher", "97.87"), ("student", "97.49")):
+            run.declare_row(name, "test accuracy", round(100 * run.summary["test_accuracy"][name], 4),
+                            "%", f"{original} % on MNIST (original MACH code)")
+        run.time_to_target([("student", "teacher")], lambda name: "train_seconds")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ from torch import nn
 
 from common import cli
 from common.data import Batches, load_data
-from common.metrics import Run, evaluate
+from common.run_folder import Run, evaluate
 
 METHODS = ("backprop", "dni", "cdni", "all")
 

@@ -52,7 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from common import cli  # noqa: E402
-from common.metrics import hardware  # noqa: E402
+from common.run_folder import hardware  # noqa: E402
 
 aten = torch.ops.aten
 MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}

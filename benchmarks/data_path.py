@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import cli  # noqa: E402
 from common.data import Batches, load_data, locate  # noqa: E402
-from common.metrics import hardware  # noqa: E402
+from common.run_folder import hardware  # noqa: E402
 
 
 def torchvision_root(files):

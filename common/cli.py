@@ -1,15 +1,24 @@
 """Command-line plumbing shared by every script: the common flags, their
-validation before any work starts, device selection, seeding and threads.
+validation before any work starts, device selection, seeding and threads,
+and the one exit policy.
 
-Every user-facing problem (a bad flag value, missing data, no CUDA) is a
-`UserError`: it is printed as `<script>: error: <what is wrong and the fix>`
-and the process exits with code 2, without a traceback.
+The exit policy (`run_script`), the same for every script and benchmark:
+
+    bad input       UserError    exit 2    `<script>: error: <problem and fix>`
+    interrupted     Ctrl-C       exit 130  `<script>: interrupted ...`
+    diverged        Diverged     exit 1    `<script>: diverged: <loss> ... Try a lower --lr.`
+    failed run      RunFailed    exit 1    `<script>: failed: <who died and how> ...`
+
+each as one line on stderr, without a traceback. Scripts raise these and
+never catch them; the run folder (common/run_folder.py) records the status
+and keeps what was measured. Nothing is written before the flags, the
+device and the output folder have been checked: a refused run creates
+nothing. Any other exception is a bug and keeps its traceback.
 """
 import argparse
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +30,14 @@ DATASETS = ("mnist", "fashion-mnist", "kmnist")
 
 class UserError(Exception):
     """A problem the user can fix; its message names the problem and the fix."""
+
+
+class Diverged(Exception):
+    """A logged loss became NaN or infinite."""
+
+
+class RunFailed(Exception):
+    """A part of the run died (a dead peer, a crashed worker); the message names it and how."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -122,27 +139,32 @@ def resolve_device(spec):
 
 
 def check_writable(folder):
-    """Make `folder` and prove a file can be written there, before any work."""
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise UserError(f"--out {folder}: cannot write there ({error.strerror}); "
-                        "choose a writable folder") from None
+    """Prove the run folder could be made and written, without creating anything."""
+    path = Path(folder).absolute()
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        reason = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"no permission to write in {existing}"
+    else:
+        return
+    raise UserError(f"--out {folder}: cannot write there ({reason}); choose a writable folder")
 
 
-def setup(parser, script, argv=None):
+def setup(parser, script, argv=None, validate=None):
     """Parse and validate the flags, then seed and pick the device.
 
-    Returns (args, device). Bad values exit with code 2 and one line,
-    before any data is loaded or model built.
+    `validate(args)` is the script's own check of how its flags combine: it
+    raises UserError. Returns (args, device). Bad values exit with code 2
+    and one line, before any data is loaded, model built or file written.
     """
     args = parser.parse_args(argv)
     if args.out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         args.out = os.path.join("runs", script, f"{stamp}-seed{args.seed}")
     try:
+        if validate is not None:
+            validate(args)
         device = resolve_device(args.device)
         check_writable(args.out)
     except UserError as error:
@@ -160,10 +182,21 @@ def seed_everything(seed):
 
 
 def run_script(main):
-    """Call main(); a UserError becomes one line on stderr and exit code 2."""
+    """Call main() under the exit policy above: one line on stderr, the exit code."""
+    prog = os.path.basename(sys.argv[0])
     try:
         main()
     except UserError as error:
-        prog = os.path.basename(sys.argv[0])
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        _leave(f"{prog}: error: {error}", 2)
+    except KeyboardInterrupt:
+        _leave(f"{prog}: interrupted; what was measured so far is kept", 130)
+    except Diverged as error:
+        _leave(f"{prog}: diverged: {error}. Try a lower --lr.", 1)
+    except RunFailed as error:
+        _leave(f"{prog}: failed: {error}", 1)
+
+
+def _leave(line, code):
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(code)

@@ -1,12 +1,20 @@
-"""Generic network builders. The experiments' own modules (students,
-teachers, gradient models, auxiliary heads) are built in the scripts from
-these parts; nothing here knows about any training idea.
+"""Generic network builders and the optimizer helper. The experiments' own
+modules (students, teachers, gradient models, auxiliary heads) are built in
+the scripts from these parts; nothing here knows about any training idea.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 INITS = ("torch", "tf")
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(params, kind="adam", lr=1e-3, momentum=0.0):
+    """Adam (fused: one kernel updates every parameter, much faster on a CPU) or SGD."""
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 def _draw_tf_(weight, bias, std=0.1, bias_value=0.1):

@@ -1,13 +1,14 @@
-"""Curves from run folders, drawn with matplotlib on a headless backend.
+"""Every figure the scripts draw, with matplotlib on a headless backend.
 
     python -m common.plots RUN_DIR [RUN_DIR ...] --out compare.png
 
 overlays the test-accuracy curves of several runs (one line per run and
-component), against iteration and against training seconds.
+component), against iteration and against training seconds. The scripts
+call `plot_run` (curves.png of a run folder), `plot_series` (any lines
+against a clock) and `plot_images` (a grid of pictures).
 """
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import matplotlib
@@ -34,20 +35,26 @@ def _numeric(rows, column):
 
 
 def draw(runs, out, title=None):
-    """runs: [(label, metrics dict)]. Two panels: accuracy vs iteration and vs seconds."""
+    """runs: [(label, metrics dict)]. Two panels: accuracy vs iteration and vs seconds.
+
+    The seconds are each method's own training clock (column sec/<method>)
+    where the run keeps one, else the run's training seconds.
+    """
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
     for label, metrics in runs:
         for column in metrics:
             if not column.startswith("acc/"):
                 continue
             name = f"{label} {column[4:]}".strip()
+            clock = metrics.get(f"sec/{column[4:]}", metrics["train_seconds"])
             by_step.plot(metrics["iteration"], metrics[column], label=name)
-            by_time.plot(metrics["train_seconds"], metrics[column], label=name)
-    for axis, xlabel in ((by_step, "iteration"), (by_time, "training seconds")):
+            by_time.plot(clock, metrics[column], label=name)
+    for axis, xlabel in ((by_step, "iteration"), (by_time, "training seconds (own clock)")):
         axis.set_xlabel(xlabel)
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3)
-    by_time.legend(fontsize=8)
+    if by_time.lines:
+        by_time.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -56,15 +63,47 @@ def draw(runs, out, title=None):
     return out
 
 
-def plot_run(run_dir):
+def plot_run(run_dir, title=None):
     """curves.png in the run folder."""
     run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    title = run_dir.name
-    if summary_path.exists():
-        s = json.loads(summary_path.read_text())
-        title = f"{s['script']} on {s['dataset']}, seed {s['seed']}, {s['device']}"
-    return draw([("", read_metrics(run_dir))], run_dir / "curves.png", title)
+    return draw([("", read_metrics(run_dir))], run_dir / "curves.png", title or run_dir.name)
+
+
+def plot_series(out, series, xlabel, ylabel, logy=False, title=None):
+    """One line per label: series = {label: (xs, ys)}."""
+    fig, axis = plt.subplots(figsize=(8, 5))
+    for label, (xs, ys) in series.items():
+        if len(xs):
+            axis.plot(xs, ys, marker="." if len(xs) < 60 else None, label=label)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    if logy:
+        axis.set_yscale("log")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    if title:
+        axis.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_images(out, grid, extent=(-1, 1, -1, 1), vmin=-1, vmax=1):
+    """A grid of pictures: grid = [[(title, 2-D array), ...], ...], one list per row."""
+    columns = max(len(row) for row in grid)
+    fig, axes = plt.subplots(len(grid), columns, figsize=(3 * columns, 3 * len(grid)), squeeze=False)
+    for axis_row, row in zip(axes, grid):
+        for axis, (title, image) in zip(axis_row, row):
+            axis.imshow(image, extent=extent, origin="lower", vmin=vmin, vmax=vmax, cmap="viridis")
+            axis.set_title(title)
+        for axis in axis_row:
+            axis.set_xticks([])
+            axis.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
 
 
 def main(argv=None):

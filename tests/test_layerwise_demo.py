@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import layerwise_demo as lw
-from common.metrics import Run
+from common.run_folder import Run
 from conftest import read_run, run_script
 
 SCRIPT = "layerwise_demo.py"

@@ -1,4 +1,5 @@
-"""The run folder, the printed curve and the summary: the same in every script.
+"""The run folder, the progress bar, the printed curve, the CSV, the summary
+and the status a run ended with: the same in every script.
 
     with Run(args, "single_mach", device, total=args.iterations) as run:
         for step in run.steps():
@@ -16,14 +17,26 @@ writes, in the run folder (--out):
                 test_accuracy {component: fraction} and best_test_accuracy,
                 whatever the ending. Scripts may add keys to `run.summary`.
 
-Ctrl-C ends the run with status interrupted (exit 130); a NaN or inf loss
-given to `log` ends it with status diverged (exit 1) and a hint to lower --lr.
+The folder is made when the Run starts, after every flag has been checked.
+However the run ends, the summary says how (Ctrl-C: interrupted; a NaN or
+inf loss given to `log`: diverged; cli.RunFailed or a bug: failed) and the
+exception goes on to cli.run_script, the one place that turns it into a
+line and an exit code. A UserError raised inside (say, missing data found
+late) removes the folder again: a refused run leaves nothing behind.
+
+What the README tables show is declared here too, by the script, so the
+results generator needs to know no script: `run.declare_row(...)` adds a
+row (by default one per component's final test accuracy), `run.baseline`
+names the row the others are compared with, and `run.time_to_target(...)`
+records each method's seconds (and its baseline's) to a fraction of the
+baseline's final accuracy.
 """
 import csv
 import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -32,9 +45,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-
-class Diverged(Exception):
-    """A logged loss was NaN or infinite."""
+from common.cli import Diverged, UserError
 
 
 def hardware(device):
@@ -70,10 +81,54 @@ def evaluate(predict, x, y, batch_size=2000):
     return total_loss / len(x), correct / len(x)
 
 
+@contextmanager
+def eval_mode(*modules):
+    """Dropout and BatchNorm in evaluation mode inside, as they were afterwards."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+class Clock:
+    """One method's own training clock: the seconds spent inside `with clock:`.
+
+    Several methods trained in one loop each keep one, so each curve can be
+    drawn against the time its own steps took (synchronised on GPUs).
+    """
+
+    def __init__(self, device):
+        self.device, self.seconds = device, 0.0
+
+    def __enter__(self):
+        synchronize(self.device)
+        self._began = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - self._began
+        return False
+
+
+def first_time_at(rows, accuracy_column, clock_column, target):
+    """The clock reading of the first row whose accuracy reaches target, else None."""
+    for row in rows:
+        value = row.get(accuracy_column)
+        if value not in (None, "") and float(value) >= target:
+            return float(row[clock_column])
+    return None
+
+
 class Run:
     def __init__(self, args, script, device, total=None):
         self.args, self.script, self.device, self.total = args, script, device, total
         self.dir = Path(args.out)
+        self.made_dir = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         config = dict(vars(args), script=script, torch=torch.__version__,
                       device_used=str(device), hardware=hardware(device),
@@ -87,6 +142,10 @@ class Run:
                         "seed": getattr(args, "seed", None), "device": str(device),
                         "hardware": config["hardware"], "iterations": 0,
                         "train_seconds": 0.0, "status": "running", "test_accuracy": {}}
+        self.rows_declared, self.baseline = [], None
+        # --plot draws this at the end: curves.png by default; a script whose curves need
+        # another clock or other panels puts its own `draw(folder)` here.
+        self.draw = None
         self.progress = tqdm(total=total, disable=not sys.stdout.isatty(), leave=False,
                              dynamic_ncols=True, desc=script)
         self.start = time.perf_counter()
@@ -109,9 +168,9 @@ class Run:
             synchronize(self.device)
             self.eval_seconds += time.perf_counter() - began
 
-    def steps(self, total=None):
+    def steps(self):
         """Yield step numbers 1..total, advancing the progress bar."""
-        for step in range(1, (total or self.total) + 1):
+        for step in range(1, self.total + 1):
             self.iteration = step
             yield step
             self.progress.update(1)
@@ -166,27 +225,53 @@ class Run:
             with open(path, "a", newline="") as f:
                 csv.DictWriter(f, self.columns).writerow(row)
 
+    # -- what the README tables show ------------------------------------------
+    def declare_row(self, name, metric, value, unit="", reference=None):
+        """A row for the results table: `name`'s `metric` (value in `unit`: %, s, ms, x or ''),
+        and what the original or paper reported, if anything."""
+        row = {"name": name, "metric": metric, "value": value, "unit": unit}
+        if reference:
+            row["reference"] = reference
+        self.rows_declared.append(row)
+
+    def time_to_target(self, pairs, clock_column, fraction=0.95, rows=None):
+        """For each (method, baseline) pair: the seconds each of the two took until its
+        test accuracy first reached `fraction` of the baseline's final accuracy, on the
+        clock `clock_column(name)` of the logged rows (default: every row logged)."""
+        accuracy, rows = self.summary["test_accuracy"], self.rows if rows is None else rows
+        records = []
+        for method, baseline in pairs:
+            if method not in accuracy or baseline not in accuracy:
+                continue
+            target = fraction * accuracy[baseline]
+            records.append({"method": method, "baseline": baseline, "target": round(target, 5),
+                            "seconds": first_time_at(rows, f"acc/{method}", clock_column(method), target),
+                            "baseline_seconds": first_time_at(rows, f"acc/{baseline}",
+                                                              clock_column(baseline), target)})
+        self.summary["time_to_target"] = {"fraction": fraction, "pairs": records}
+        if self.baseline is None and records:
+            self.baseline = records[0]["baseline"]
+
     # -- ending ---------------------------------------------------------------
     def __enter__(self):
         return self
 
     def __exit__(self, kind, error, traceback):
         self.progress.close()
+        if kind is not None and issubclass(kind, UserError):
+            if self.made_dir:  # refused after all: leave nothing behind
+                shutil.rmtree(self.dir, ignore_errors=True)
+            return False
         if kind is None:
             status = "completed"
         elif issubclass(kind, KeyboardInterrupt):
             status = "interrupted"
         elif issubclass(kind, Diverged):
             status = "diverged"
-        else:
+        else:  # RunFailed, or a bug (which keeps its traceback)
             status = "failed"
         self.finish(status, error)
-        if status == "interrupted":
-            raise SystemExit(130)
-        if status == "diverged":
-            print(f"{self.script}: diverged: {error}. Try a lower --lr.", file=sys.stderr)
-            raise SystemExit(1)
-        return False  # a real bug keeps its traceback
+        return False  # cli.run_script turns the ending into one line and an exit code
 
     def finish(self, status, error=None):
         self.summary.update(status=status, iterations=self.iteration,
@@ -195,10 +280,19 @@ class Run:
                             best_test_accuracy=self.best)
         if error is not None and status != "completed":
             self.summary["error"] = str(error) or type(error).__name__
-        (self.dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
-        if getattr(self.args, "plot", False) and self.rows:
+        rows = self.rows_declared or [
+            {"name": name, "metric": "test accuracy", "value": round(100 * value, 4), "unit": "%"}
+            for name, value in self.summary["test_accuracy"].items()]
+        if getattr(self.args, "plot", False):
             from common.plots import plot_run
-            plot_run(self.dir)
+            if self.draw is not None:
+                self.draw(self.dir)
+            elif any(c.startswith("acc/") for c in self.columns):
+                s = self.summary
+                plot_run(self.dir, f"{s['script']} on {s['dataset']}, seed {s['seed']}, {s['device']}")
+        figures = sorted(p.name for p in self.dir.glob("*.png"))
+        self.summary["results"] = {"baseline": self.baseline, "rows": rows, "figures": figures}
+        (self.dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
         self.print_table(status)
 
     def print_table(self, status):
