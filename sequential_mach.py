@@ -274,7 +274,8 @@ def main(argv=None):
         for name, value in run.summary["test_accuracy"].items():
             reference = (f"{originals[name]} % on MNIST, 3 components (original MACH code)"
                          if n == 3 and name in originals else None)
-            run.declare_row(name, "test accuracy", round(100 * value, 4), "%", reference)
+            run.declare_row(name, "test accuracy", round(100 * value, 4), "%", reference,
+                            headline=name == f"teacher_{n - 1}" or name == f"backprop_{n - 1}")
         for name, gap in run.summary["local_minus_chained"].items():
             run.declare_row(name, "local − chained accuracy", round(100 * gap, 4), "points")
         for name, ms in timing.items():

@@ -226,10 +226,11 @@ class Run:
                 csv.DictWriter(f, self.columns).writerow(row)
 
     # -- what the README tables show ------------------------------------------
-    def declare_row(self, name, metric, value, unit="", reference=None):
-        """A row for the results table: `name`'s `metric` (value in `unit`: %, s, ms, x or ''),
-        and what the original or paper reported, if anything."""
-        row = {"name": name, "metric": metric, "value": value, "unit": unit}
+    def declare_row(self, name, metric, value, unit="", reference=None, headline=False):
+        """A row for the results table: `name`'s `metric` (value in `unit`: %, points, s,
+        ms, x or ''), what the original or paper reported, if anything, and whether the
+        README's headline table shows it (beside the baseline's row of the same metric)."""
+        row = {"name": name, "metric": metric, "value": value, "unit": unit, "headline": headline}
         if reference:
             row["reference"] = reference
         self.rows_declared.append(row)
@@ -281,8 +282,8 @@ class Run:
         if error is not None and status != "completed":
             self.summary["error"] = str(error) or type(error).__name__
         rows = self.rows_declared or [
-            {"name": name, "metric": "test accuracy", "value": round(100 * value, 4), "unit": "%"}
-            for name, value in self.summary["test_accuracy"].items()]
+            {"name": name, "metric": "test accuracy", "value": round(100 * value, 4), "unit": "%",
+             "headline": True} for name, value in self.summary["test_accuracy"].items()]
         if getattr(self.args, "plot", False):
             from common.plots import plot_run
             if self.draw is not None:
