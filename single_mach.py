@@ -1,7 +1,7 @@
 """single_mach.py: one MACH component, a teacher and the student that distils it.
 
 Docs: README.md, section "single_mach.py". Reproduces "Test 1" of the MACH
-seed (shared/seeds/000_06864d4ab92d4189.txt; TensorFlow 1.x, October 2019):
+repository (unconst/MACH; TensorFlow 1.x, October 2019):
 F(x) = f0, one component, with a local student.
 
 A MACH component is a teacher f0 that learns the task and a student f0'
@@ -28,7 +28,9 @@ rather than scaled to [0, 1]; test accuracy is measured every
 --eval-every 500 steps on the whole test set (the original printed every 100).
 
 Original result (MNIST, defaults): teacher 97.87 %, student 97.49 %.
-Measured here: see README.md, "Results", for the command and the numbers.
+Measured (Fashion-MNIST, defaults, seeds 0-2, 2-core Xeon CPU, torch 2.14):
+teacher 88.55 +- 0.20 %, student 86.25 +- 0.47 %, about 70-80 s of training;
+the table is generated in README.md, section "single_mach.py".
 
     python single_mach.py --dataset fashion-mnist
 """
