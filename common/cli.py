@@ -71,7 +71,7 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each default, except an unset one (None) or an off switch."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False):
+        if action.default is None or action.default is False:  # not `in`: 0 == False
             return action.help
         return super()._get_help_string(action)
 

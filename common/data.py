@@ -1,4 +1,5 @@
-"""The MNIST family as device tensors, served as shuffled minibatches by slicing.
+"""The MNIST family as device tensors, served as shuffled minibatches by slicing,
+and caches of what a frozen part of a model computes from them.
 
 Each split is read once into one normalised float tensor on the chosen
 device; a training batch is `x[indices]`, with no per-sample DataLoader or
@@ -175,3 +176,42 @@ class Batches:
                 index = order[start:start + size]
                 self.served += size
                 yield self.x[index], self.y[index]
+
+
+class MemoryBudget:
+    """Bytes that several caches may hold together; each takes its share when made."""
+
+    def __init__(self, limit_bytes):
+        self.limit, self.used = limit_bytes, 0
+
+    def take(self, nbytes):
+        """Reserve `nbytes` if they fit in what is left (True), else reserve nothing (False)."""
+        if self.used + nbytes > self.limit:
+            return False
+        self.used += nbytes
+        return True
+
+
+class LazyCache:
+    """fn(index) for the training examples `index`, computed the first time an example
+    is drawn and kept, when the whole table (n rows) fits in what is left of `budget`;
+    otherwise fn is called every time. For a function that never changes, such as a
+    frozen block: later epochs then skip it."""
+
+    def __init__(self, fn, n, budget, device):
+        self.fn, self.store = fn, None
+        with torch.no_grad():
+            row = fn(torch.zeros(1, dtype=torch.long, device=device))
+        if budget.take(n * (row[0].numel() * row.element_size() + 1)):  # + 1: the filled flag
+            self.store = torch.empty(n, *row.shape[1:], dtype=row.dtype, device=device)
+            self.filled = torch.zeros(n, dtype=torch.bool, device=device)
+
+    @torch.no_grad()
+    def __call__(self, index):
+        if self.store is None:
+            return self.fn(index)
+        missing = index[~self.filled[index]]
+        if len(missing):
+            self.store[missing] = self.fn(missing)
+            self.filled[missing] = True
+        return self.store[index]

@@ -152,14 +152,14 @@ class StackedMLP(nn.Module):
 # they are the whole network: output(block_K(...block_1(x))).
 
 class ScaledTanh(nn.Module):
-    """LeCun's 1.7159 tanh(2x/3), as in the LeNet-like model of seed 002."""
+    """LeCun's 1.7159 tanh(2x/3), as in LeCun et al. 1998 (LeNet-5)."""
 
     def forward(self, x):
         return 1.7159 * (2 * x / 3).tanh()
 
 
 def tfcnn(num_classes=10, dropout=0.4):
-    """TensorFlow "layers" tutorial MNIST CNN (seed 003), input (N, 1, 28, 28).
+    """TensorFlow "layers" tutorial MNIST CNN, input (N, 1, 28, 28).
 
     conv 5x5 32 same, ReLU, max-pool 2 | conv 5x5 64 same, ReLU, max-pool 2 |
     dense 1024 ReLU, dropout 0.4 | dense num_classes.
@@ -173,7 +173,7 @@ def tfcnn(num_classes=10, dropout=0.4):
 
 
 def lenet(num_classes=10):
-    """The LeNet-like network of seed 002, with the scaled tanh, input (N, 1, 28, 28).
+    """A LeNet-5-like network (LeCun et al. 1998), with the scaled tanh, input (N, 1, 28, 28).
 
     conv 5x5 6 pad 2, tanh, avg-pool 2 | conv 5x5 16, tanh, avg-pool 2 |
     400 -> 120 tanh | 120 -> 84 tanh | 84 -> num_classes.

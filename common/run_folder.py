@@ -310,3 +310,111 @@ class Run:
 
 def _fmt(value):
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# -- A race: methods trained one after another, each on its own clock --------------
+# Added for layerwise_demo.py; nothing above depends on it.
+
+class RaceCurve:
+    """One method's turn in a race of methods trained one after another on the same
+    budget: its own training clock (a Clock), its budget (steps, or seconds on that
+    clock), when its next test point is due, and the points so far.
+
+        curve = RaceCurve(run, "backprop", test=(x[:2000], y[:2000]), epoch_size=60000,
+                          budget_steps=False, every_seconds=10)
+        while curve.used() < budget:
+            with curve.clock:
+                ...one training step...
+            curve.tick(batch_size, {"local_loss/1": loss.item()})
+            if curve.due():
+                curve.point(model, [model], stage="all")
+        curve.final(model, [model], test_x, test_y, stage="final")
+
+    A point evaluates on `test` (a slice of the test set keeps the race fast) and logs
+    a row with the column acc/<name>: the run's best accuracy and time to target see
+    points only. `final` evaluates on the split it is given, records that as the
+    method's test accuracy, and logs its row without acc/<name>. Rows carry <kind>,
+    stage, <kind>_seconds (the clock), cpu_seconds, test_loss, test_accuracy,
+    eval_examples, and the means of what `tick` was given since the last point.
+    """
+
+    def __init__(self, run, name, test, epoch_size, budget_steps, every_steps=None,
+                 every_seconds=None, kind="method"):
+        self.run, self.name, self.test, self.kind = run, name, test, kind
+        self.epoch_size, self.budget_steps = epoch_size, budget_steps
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self.clock = Clock(run.device)
+        self.steps = self.samples = 0
+        # CPU seconds of this process (all threads), evaluation excluded: on a shared
+        # machine they show how much of the wall-clock budget the method really got.
+        self.cpu_start, self.cpu_eval = time.process_time(), 0.0
+        self.means = {}   # column: [sum, count] since the last point
+        self.points = []  # (seconds on the clock, test loss, test accuracy)
+        self.next_point = every_steps or every_seconds
+
+    def cpu_seconds(self):
+        return time.process_time() - self.cpu_start - self.cpu_eval
+
+    def used(self):
+        """Budget spent: steps, or seconds on the method's clock."""
+        return self.steps if self.budget_steps else self.clock.seconds
+
+    def tick(self, batch_size, values=None):
+        """After a step: count it, and add `values` ({column: number}) to the means."""
+        self.steps += 1
+        self.samples += batch_size
+        for column, value in (values or {}).items():
+            total = self.means.setdefault(column, [0.0, 0])
+            total[0] += value
+            total[1] += 1
+
+    def _now(self):
+        return self.steps if self.every_steps else self.clock.seconds
+
+    def due(self):
+        return self._now() >= self.next_point
+
+    def point(self, predict, modules, stage, inputs=None):
+        """Log a curve point: predict's loss and accuracy on `test`, `modules` in eval mode.
+        `inputs`: what predict takes in place of test's images, one row per image (say,
+        indices into features computed once)."""
+        x, y = self.test
+        loss, accuracy = self._log(predict, modules, x if inputs is None else inputs, y,
+                                   stage, curve=True)
+        self.points.append((self.clock.seconds, loss, accuracy))
+        self.next_point = self._now() + (self.every_steps or self.every_seconds)
+        return accuracy
+
+    def final(self, predict, modules, x, y, stage):
+        """The method's test accuracy, on (x, y): recorded, logged, not a curve point."""
+        loss, accuracy = self._log(predict, modules, x, y, stage, curve=False)
+        self.run.summary["test_accuracy"][self.name] = accuracy
+        return accuracy
+
+    def _log(self, predict, modules, x, y, stage, curve):
+        seconds, cpu, began = self.clock.seconds, self.cpu_seconds(), time.process_time()
+        with self.run.evaluating(), eval_mode(*modules):
+            loss, accuracy = evaluate(predict, x, y)
+        self.cpu_eval += time.process_time() - began
+        extra = {self.kind: self.name, "stage": stage,
+                 f"{self.kind}_seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
+                 "test_loss": round(loss, 5), "test_accuracy": round(accuracy, 5),
+                 "eval_examples": len(y)}
+        extra.update({column: round(total / count, 5)
+                      for column, (total, count) in self.means.items()})
+        self.means = {}
+        self.run.log(self.steps, self.samples / self.epoch_size,
+                     accuracy={self.name: accuracy} if curve else None,
+                     losses={"test": loss}, extra=extra)
+        return loss, accuracy
+
+
+def draw_race(folder, curves, xlabel, note=""):
+    """loss_vs_time.png and accuracy_vs_time.png: each RaceCurve's points against its
+    own clock; `note` says what the points were measured on."""
+    from common.plots import plot_series
+    for column, what, filename, logy in ((1, "test loss", "loss_vs_time.png", True),
+                                         (2, "test accuracy", "accuracy_vs_time.png", False)):
+        series = {c.name: ([p[0] for p in c.points], [p[column] for p in c.points])
+                  for c in curves}
+        plot_series(Path(folder) / filename, series, xlabel, f"{what}{note}", logy=logy)

@@ -1,6 +1,7 @@
 """Message passing between asynchronous components, the same for threads,
 processes on one machine and ranks on several hosts. Nothing here knows
-what the messages mean: async_mach.py defines the protocol.
+what the messages mean: async_mach.py defines the protocol, and
+common/runtime.py starts the components that use these links.
 
 Two planes:
   * messages (the data plane): `send(dst, message)` is fire-and-forget;
@@ -32,11 +33,13 @@ import time
 
 import torch
 
+from common.cli import RunFailed
+
 INBOX_LIMIT = 10_000  # the protocol bounds traffic far below this; a safety net
 
 
-class PeerFailure(Exception):
-    """A neighbour went silent or its link broke."""
+class PeerFailure(RunFailed):
+    """A neighbour went silent or its link broke: the run failed (one line, exit 1)."""
 
 
 def free_port(host="127.0.0.1"):

@@ -1,5 +1,6 @@
-"""async_mach.py: the backends run, faults end the run cleanly, a slow child does
-not hold its parent back, and a delayed gradient with no delay is backprop's."""
+"""async_mach.py and its runtime (common/runtime.py): the backends run, faults end
+the run cleanly, a slow child does not hold its parent back, bad flags are refused
+before anything is written, and a delayed gradient with no delay is backprop's."""
 import json
 import os
 import shutil
@@ -232,6 +233,25 @@ def test_bad_flags_exit_2_with_one_line(tiny_data, tmp_path, capsys, monkeypatch
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_refused_run_exits_2_with_one_line_and_creates_nothing(tiny_data, tmp_path):
+    out = tmp_path / "runs" / "refused"
+    result = run_script(SCRIPT, *tiny(tiny_data, out, "--accumulate", "20", "--queue-size", "16"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--accumulate 20 is more than --queue-size 16" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_text_on_every_flag_and_the_test_flags_hidden():
+    parser = am.build_parser()
+    undocumented = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
+    assert undocumented == []
+    text = parser.format_help()
+    for hidden in ("--fail-component", "--fail-after", "--slow-component", "--slow-ms"):
+        assert hidden not in text
+    assert "--embedding-size" in text and "--backend" in text
 
 
 def test_torchrun_world_size_must_match_components(tiny_data, tmp_path, capsys, monkeypatch):

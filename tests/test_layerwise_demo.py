@@ -1,6 +1,5 @@
-"""layerwise_demo.py: the local losses against references, block isolation,
-a smoke run of every strategy, and bad flags."""
-import json
+"""layerwise_demo.py: the local losses against references, block isolation, the
+caches' shared memory budget, a smoke run of every strategy, and bad flags."""
 import types
 
 import pytest
@@ -8,17 +7,11 @@ import torch
 import torch.nn.functional as F
 
 import layerwise_demo as lw
-from common.run_folder import Run
+from common.data import LazyCache, MemoryBudget
+from common.run_folder import RaceCurve, Run
 from conftest import read_run, run_script
 
 SCRIPT = "layerwise_demo.py"
-
-
-def tiny_args(tmp_path, *extra):
-    args = lw.build_parser().parse_args(["--out", str(tmp_path), "--eval-every", "1000",
-                                         "--batch-size", "20", *extra])
-    args.budget_steps = True
-    return args
 
 
 def toy_data(n=100, seed=0):
@@ -61,22 +54,24 @@ def test_models_are_the_described_networks(name, blocks, params):
 @pytest.mark.parametrize("strategy", ["submodel", "staged", "maxdiff", "kl"])
 def test_greedy_stage_changes_only_its_block(tmp_path, strategy):
     """The budget gives block 2 all the steps: blocks 1 and 3 and the other heads stay put."""
-    args = tiny_args(tmp_path, "--model", "mlp")
+    args = lw.build_parser().parse_args(["--out", str(tmp_path), "--model", "mlp"])
     data = toy_data()
-    blocks, heads = lw.build_model("mlp", 10, (1, 28, 28), seed=0)
-    before_blocks, before_heads = snapshot(blocks), snapshot(heads)
+    net = lw.build_model("mlp", 10, (1, 28, 28), seed=0, staged=strategy == "staged")
+    before_blocks, before_heads = snapshot(net.blocks), snapshot(net.heads)
+    race = types.SimpleNamespace(data=data, args=args, stage_ends=[0, 3, 3])
     with Run(args, "layerwise_demo", torch.device("cpu")) as run:
-        curve = lw.Curve(run, strategy, data, args)
-        stream = iter(lw.Batches(torch.arange(100), data.train_y, 20, 0))
-        lw.train_greedy(strategy, blocks, heads, stream, curve, [0, 3, 3], data, args,
-                        torch.device("cpu"))
+        curve = RaceCurve(run, strategy, (data.test_x, data.test_y), 100, budget_steps=True,
+                          every_steps=1000, kind="strategy")
+        batches = iter(lw.Batches(torch.arange(100), data.train_y, 20, 0))
+        lw.train_greedy(strategy, net, curve, batches, race)
     assert curve.steps == 3
-    assert changed(before_blocks, blocks) == [False, True, False]
-    assert changed(before_heads, heads) == [False, True, False]
+    assert changed(before_blocks, net.blocks) == [False, True, False]
+    assert changed(before_heads, net.heads) == [False, True, False]
 
 
 def test_decoupled_loss_reaches_only_its_block():
-    blocks, heads = lw.build_model("lenet", 10, (1, 28, 28), seed=0)
+    net = lw.build_model("lenet", 10, (1, 28, 28), seed=0)
+    blocks, heads = net.blocks, net.heads
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
     losses = lw.decoupled_losses(blocks, heads, x, y)
     losses[1][0].backward()
@@ -135,20 +130,48 @@ def test_kl_zero_for_identical_and_grows_with_separation():
     assert lw.gaussian_kl(10 * z, y).item() == pytest.approx(lw.gaussian_kl(z, y).item(), rel=1e-4)
 
 
-def test_kl_matches_torch_distributions():
-    """Reference: KL of the two Gaussians built from the same estimated means and covariance."""
+def test_kl_estimates_the_kl_of_known_gaussians():
+    """Reference: the closed-form KL of the Gaussians the samples are drawn from,
+    N(mu_c, S) with known means and one known covariance S, by torch.distributions."""
     g = torch.Generator().manual_seed(1)
-    z = torch.randn(60, 3, generator=g) @ torch.tensor([[1.0, 0.3, 0], [0, 1, 0.2], [0, 0, 0.5]])
-    y = torch.tensor([0] * 20 + [1] * 20 + [2] * 20)
-    z = z + torch.tensor([[0.0, 0, 0]] * 20 + [[1.0, 0, 0]] * 20 + [[0, 2.0, 0]] * 20)
-    mus = [z[y == c].mean(0) for c in range(3)]
-    centred = torch.cat([z[y == c] - mus[c] for c in range(3)])
-    cov = centred.T @ centred / (60 - 3)
-    cov = cov + 1e-3 * cov.trace() / 3 * torch.eye(3) + 1e-8 * torch.eye(3)
-    normal = [torch.distributions.MultivariateNormal(m, cov) for m in mus]
+    mus = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0, 2.0, 0.5]])
+    root = torch.tensor([[1.0, 0, 0], [0.3, 1, 0], [0, 0.2, 0.5]])   # S = root root^T
+    n = 20000
+    y = torch.arange(3).repeat_interleave(n)
+    z = mus[y] + torch.randn(3 * n, 3, generator=g) @ root.T
+    true = [torch.distributions.MultivariateNormal(m, scale_tril=root) for m in mus]
     pairs = [(a, b) for a in range(3) for b in range(3) if a != b]
-    expected = sum(torch.distributions.kl_divergence(normal[a], normal[b]) for a, b in pairs) / 6
-    assert lw.gaussian_kl(z, y).item() == pytest.approx(expected.item(), rel=1e-4)
+    expected = sum(torch.distributions.kl_divergence(true[a], true[b]) for a, b in pairs) / 6
+    assert lw.gaussian_kl(z, y).item() == pytest.approx(expected.item(), rel=0.02)
+    # closed form for one pair, by hand: 1/2 (mu_a - mu_b)^T S^-1 (mu_a - mu_b)
+    diff = mus[2] - mus[0]
+    by_hand = 0.5 * diff @ torch.linalg.solve(root @ root.T, diff)
+    assert torch.distributions.kl_divergence(true[2], true[0]).item() == pytest.approx(by_hand.item())
+
+
+# -- the caches --------------------------------------------------------------------------
+
+def test_caches_share_one_memory_budget():
+    """--cache-gb is a total: a second cache that does not fit in what is left recomputes."""
+    table = torch.arange(40.0).reshape(10, 4)
+    computed = {"first": 0, "second": 0}
+
+    def rows_of(name):
+        def fn(index):
+            computed[name] += len(index)
+            return table[index]
+        return fn
+
+    row_bytes = 4 * 4 + 1  # four float32 and the filled flag
+    budget = MemoryBudget(15 * row_bytes)
+    first = LazyCache(rows_of("first"), 10, budget, "cpu")
+    second = LazyCache(rows_of("second"), 10, budget, "cpu")  # 10 rows do not fit in 5
+    assert first.store is not None and second.store is None and budget.used == 10 * row_bytes
+    computed.update(first=0, second=0)
+    index = torch.tensor([1, 3, 7])
+    for _ in range(2):
+        assert torch.equal(first(index), table[index]) and torch.equal(second(index), table[index])
+    assert computed == {"first": 3, "second": 6}  # kept once, against recomputed every time
 
 
 # -- smoke runs ------------------------------------------------------------------------
@@ -157,23 +180,38 @@ def test_every_strategy_runs_and_writes_its_files(tiny_data, tmp_path):
     out = tmp_path / "all"
     result = run_script(SCRIPT, "--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1",
                         "--model", "lenet", "--seconds", "0.6", "--eval-seconds", "0.25",
-                        "--out", out, "--plot")
+                        "--eval-size", "50", "--out", out, "--plot")
     assert result.returncode == 0, result.stderr
     config, summary, rows = read_run(out)
     assert summary["status"] == "completed"
     assert list(summary["test_accuracy"]) == list(lw.STRATEGIES)
     assert all(0.0 <= a <= 1.0 for a in summary["test_accuracy"].values())
-    assert set(summary["time_to_target"]) == set(lw.STRATEGIES)
-    for name in ("loss_vs_time.png", "accuracy_vs_time.png", "curves.png", "config.json"):
-        assert (out / name).stat().st_size > 0
+    # --plot draws the two race figures against the strategies' own clocks, and no curves.png
+    assert sorted(p.name for p in out.glob("*.png")) == ["accuracy_vs_time.png", "loss_vs_time.png"]
+    assert summary["results"]["figures"] == ["accuracy_vs_time.png", "loss_vs_time.png"]
+    assert summary["results"]["baseline"] == "backprop"
+    assert [r["name"] for r in summary["results"]["rows"]] == list(lw.STRATEGIES)
+    timed = summary["time_to_target"]
+    assert timed["fraction"] == 0.95
+    assert [p["method"] for p in timed["pairs"]] == list(lw.STRATEGIES[1:])
+    assert all(p["target"] == round(0.95 * summary["test_accuracy"]["backprop"], 5)
+               for p in timed["pairs"])
     for strategy in lw.STRATEGIES:
         points = [r for r in rows if r["strategy"] == strategy]
-        assert points[-1]["stage"] == "final (full test set)"
+        final = points[-1]
+        assert final["stage"] == lw.FINAL and final["eval_examples"] == "200"
+        assert float(final["test_accuracy"]) == summary["test_accuracy"][strategy]
+        curve = points[:-1]
+        assert curve and all(r["eval_examples"] == "50" for r in curve)
+        # best: the curve points only, not the final accuracy on the other test set
+        assert final[f"acc/{strategy}"] == ""
+        best = max(float(r[f"acc/{strategy}"]) for r in curve)
+        assert summary["best_test_accuracy"][strategy] == pytest.approx(best, abs=1e-5)
         seconds = [float(r["strategy_seconds"]) for r in points]
         # the last point comes after the budget, at most one (possibly slow) step later
         assert seconds == sorted(seconds) and 0.6 <= seconds[-1] < 10
     assert any(r["local_loss/4"] for r in rows if r["strategy"] == "decoupled")
-    assert "t90% s (x bp)" in result.stdout and "decoupled block 4: local loss" in result.stdout
+    assert "best point" in result.stdout and "all 200 test images" in result.stdout
 
 
 def test_step_budget_layer_split_and_finetune(tiny_data, tmp_path):
@@ -186,6 +224,7 @@ def test_step_budget_layer_split_and_finetune(tiny_data, tmp_path):
     _, summary, rows = read_run(out)
     assert summary["steps"] == {"backprop": 12, "submodel": 12}
     assert summary["stage_ends"] == [3, 6, 12]
+    assert not list(out.glob("*.png")) and summary["results"]["figures"] == []  # no --plot
     stages = [r["stage"] for r in rows if r["strategy"] == "submodel"]
     assert stages[:4] == ["block 1", "block 2", "block 3", "block 3"]  # steps 3, 6, 9, 12
 
@@ -222,6 +261,14 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, flags, message):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_refused_run_exits_2_and_creates_nothing(tmp_path):
+    out = tmp_path / "X"
+    result = run_script(SCRIPT, "--epochs", "1", "--iterations", "5", "--out", out)
+    assert result.returncode == 2
+    assert "--epochs and --iterations both set" in result.stderr
+    assert result.stderr.count("\n") == 1 and not out.exists()
 
 
 def test_bad_flag_from_the_command_line(tmp_path):

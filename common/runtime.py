@@ -1,0 +1,393 @@
+"""The runtime that starts asynchronous components, watches them and ends the
+run: in threads of one process, in spawned processes, or as torchrun ranks
+on several hosts. Nothing here is the idea: what a component is, what its
+messages mean and how it learns live in async_mach.py, which hands this
+module a worker factory
+
+    make_worker(rank, data, transport, board, device) -> worker
+
+A worker has `rank`, `board`, `neighbours`, `send(dst, **message)`,
+`progress()` (a dict of its figures) and `run()`, its own loop, which returns
+when the component has finished. The loop makes a Pulse and calls it once per
+turn: the Pulse posts the worker's report, raises Stopped once the board
+holds "stop", sends the neighbours heartbeats (messages of kind "beat", which
+the worker may ignore), fails the run when one of them has been silent for
+--peer-timeout seconds, says when --seconds are up, and applies the hidden
+test flags. The board (common/transport.py) is how the runtime and the
+workers talk:
+
+    report/<rank>    the worker's progress, JSON (below), every fraction of a second
+    finished/<rank>  the worker's run() returned: it has left
+    failed           "component_<rank>: <error>", posted here when a worker raised
+    stop             the run is over (a failure, Ctrl-C, or the end): every loop leaves
+
+A report (post_report) holds the COUNTED figures (steps, messages sent and
+received, staleness_sum and _n, queue_max, spikes_skipped, grads_lost, the
+last ce and distill, eval_seconds) and learn_steps, epoch, accuracy (None
+before the first evaluation), queue, drops, seconds and finished. The
+monitor merges the reports into one logged line every --log-seconds and
+into the summary's per-component figures.
+
+A failed run ends with ComponentFailed (a worker raised, or a process died)
+or common.transport.PeerFailure, both cli.RunFailed: one line, exit 1.
+The flags of this module (--backend, --seconds, --log-seconds, the simulated
+network, --peer-timeout, the rendezvous address, and the test flags hidden
+from --help) are added by `add_arguments` and checked by `validate`.
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import torch
+
+from common import cli
+from common.transport import (DictBoard, GlooTransport, PeerFailure, ThreadTransport,
+                              connect_store, free_port)
+
+
+class Stopped(Exception):
+    """The run was stopped from outside (another component failed, or Ctrl-C)."""
+
+
+class ComponentFailed(cli.RunFailed):
+    """A component raised, or its process died; the message names it."""
+
+
+HEARTBEAT_S = 0.5      # a component tells its neighbours it is alive this often
+REPORT_S = 0.5         # and posts its progress on the board this often
+
+
+def add_arguments(parser):
+    """The runtime's flags, as one argument group (returned)."""
+    run = parser.add_argument_group("running (common/runtime.py)")
+    run.add_argument("--backend", choices=("thread", "process", "torchrun"), default="thread",
+                     help="thread: one process; process: one per component; torchrun: ranks")
+    run.add_argument("--seconds", type=cli.positive_float, default=None,
+                     help="stop each component after this many seconds (overrides --iterations)")
+    run.add_argument("--log-seconds", type=cli.positive_float, default=2.0,
+                     help="print one merged line this often")
+    run.add_argument("--latency-ms", type=cli.nonnegative_float, default=0.0,
+                     help="simulated network delay added to every message")
+    run.add_argument("--jitter-ms", type=cli.nonnegative_float, default=0.0,
+                     help="extra uniform random delay, 0 to this, per message")
+    run.add_argument("--peer-timeout", type=cli.positive_float, default=6.0,
+                     help="seconds of silence after which a neighbour is declared dead")
+    run.add_argument("--master-addr", default="127.0.0.1",
+                     help="process backend: address of the rendezvous store")
+    run.add_argument("--master-port", type=cli.nonnegative_int, default=0,
+                     help="process backend: its port (0: pick a free one)")
+    # for tests and demos, hidden from --help: slow one component down, or make one fail
+    run.add_argument("--slow-component", type=cli.nonnegative_int, help=argparse.SUPPRESS)
+    run.add_argument("--slow-ms", type=cli.nonnegative_float, default=0.0, help=argparse.SUPPRESS)
+    run.add_argument("--fail-component", type=cli.nonnegative_int, help=argparse.SUPPRESS)
+    run.add_argument("--fail-after", type=cli.positive_int, default=20, help=argparse.SUPPRESS)
+    return run
+
+
+def validate(args):
+    """The test flags name a component that exists; --backend torchrun: this process
+    is one of exactly --components ranks. Raises cli.UserError."""
+    K = args.components
+    for flag in ("--slow-component", "--fail-component"):
+        chosen = getattr(args, flag[2:].replace("-", "_"))
+        if chosen is not None and chosen >= K:
+            raise cli.UserError(f"{flag} {chosen}: there are only {K} components, "
+                                f"numbered 0 to {K - 1}")
+    if args.backend != "torchrun":
+        return
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise cli.UserError("--backend torchrun: RANK/WORLD_SIZE are not set; start it with "
+                            f"torchrun --nproc-per-node K {os.path.basename(sys.argv[0])} "
+                            "--backend torchrun")
+    world = int(os.environ["WORLD_SIZE"])
+    if world != K:
+        raise cli.UserError(f"--components {K} but torchrun started {world} ranks; "
+                            f"pass --components {world} or start {K} ranks")
+
+
+def rank(args):
+    """This process's component: its torchrun rank, else 0 (the launcher)."""
+    return int(os.environ["RANK"]) if args.backend == "torchrun" else 0
+
+
+def launch(run, args, make_worker, farewells, device, data=None, load=None):
+    """Run the --components workers on --backend until all have finished.
+
+    `farewells` = (kind, counts): component r's last messages are counts[r]
+    messages of that kind (its receiver stops after them). Threads and
+    torchrun ranks use `data`; each spawned process calls `load(device)`.
+    On a torchrun rank other than 0, run is None: rank 0 keeps the run folder.
+    """
+    if run is not None:
+        run.summary.update(backend=args.backend, latency_ms=args.latency_ms,
+                           jitter_ms=args.jitter_ms)
+    if args.backend == "thread":
+        run_threads(run, args, make_worker, data, device)
+    elif args.backend == "process":
+        run_processes(run, args, make_worker, farewells, load)
+    else:
+        run_torchrun(run, args, make_worker, farewells, data, device, rank(args))
+
+
+class Pulse:
+    """A component's side of the runtime, made when its loop starts and called once
+    per turn. It uses the worker's rank, board, neighbours, `send(dst, **message)`
+    and `progress()` (the worker's figures for its report, see post_report)."""
+
+    def __init__(self, worker, args):
+        self.rank, self.board, self.neighbours = worker.rank, worker.board, worker.neighbours
+        self.send, self.progress = worker.send, worker.progress
+        self.peer_timeout, self.seconds = args.peer_timeout, args.seconds
+        self.slow_s = args.slow_ms / 1000 if args.slow_component == worker.rank else 0.0
+        self.fail_after = args.fail_after if args.fail_component == worker.rank else None
+        self.start = now = time.perf_counter()
+        self.last = {n: now for n in self.neighbours}
+        self.next_beat = self.next_report = now
+
+    def due(self, transport, idle):
+        """Every message that is due now; an idle loop waits a few ms for the first."""
+        while (m := transport.receive(0.005 if idle else 0.0)) is not None:
+            self.last[m["src"]] = time.perf_counter()
+            yield m
+            idle = False
+
+    def __call__(self, quiet=()):
+        """Report, stop, beat, and check for silence (except from the `quiet` neighbours)."""
+        now = time.perf_counter()
+        if now >= self.next_report:
+            if self.board.check(["stop"]):
+                raise Stopped()
+            self.report()
+            self.next_report = now + REPORT_S
+        if now >= self.next_beat:
+            for n in self.neighbours:
+                self.send(n, kind="beat")
+            self.next_beat = now + HEARTBEAT_S
+        for n in self.neighbours:
+            if n not in quiet and now - self.last[n] > self.peer_timeout:
+                raise PeerFailure(f"component_{n} sent nothing for {self.peer_timeout:g} s "
+                                  "(it died or the link is down)")
+
+    def report(self, finished=False):
+        post_report(self.board, self.rank, self.progress(), finished=finished,
+                    seconds=time.perf_counter() - self.start)
+
+    def time_is_up(self, steps, iterations):
+        """After --seconds if it was given, else after `iterations` steps."""
+        if self.seconds is not None:
+            return time.perf_counter() - self.start >= self.seconds
+        return steps >= iterations
+
+    def before_step(self, steps):
+        """The hidden test flags: --slow-component sleeps, --fail-component raises."""
+        if self.slow_s:
+            time.sleep(self.slow_s)
+        if self.fail_after is not None and steps >= self.fail_after:
+            raise RuntimeError(f"failing on purpose after {self.fail_after} steps "
+                               "(--fail-component)")
+
+
+COUNTED = ("steps", "sent", "received", "staleness_sum", "staleness_n", "queue_max",
+           "spikes_skipped", "grads_lost", "ce", "distill", "eval_seconds")
+
+
+def post_report(board, rank, progress, **fields):
+    """Post a worker's report: its progress (each COUNTED figure 0 until counted) and fields."""
+    report = dict({k: 0 for k in COUNTED}, **progress, **fields)
+    board.set(f"report/{rank}", json.dumps(report))
+
+
+def run_worker(worker):
+    """Run one worker; True when it finished. A failure is posted on the board
+    under the component's name, so the monitor can stop the others and name it."""
+    try:
+        worker.run()
+        worker.board.set(f"finished/{worker.rank}", "1")
+        return True
+    except Stopped:
+        return False
+    except BaseException as error:
+        worker.board.set("failed", f"component_{worker.rank}: {type(error).__name__}: {error}")
+        raise
+
+
+# ============================================================================ the monitor
+def monitor(run, board, K, log_seconds, alive=None):
+    """Log one merged line every log_seconds until every component has finished."""
+    last_t, last_msgs, last_stale = time.perf_counter(), 0, (0, 0)
+    reports = {}
+    while True:
+        deadline = last_t + log_seconds
+        finished = [f"finished/{i}" for i in range(K)]
+        failure = None
+        try:
+            while time.perf_counter() < deadline and not board.check(finished):
+                if alive is not None:  # a killed process is named before its neighbours notice
+                    alive()
+                if board.check(["failed"]):
+                    raise ComponentFailed(board.get("failed").decode())
+                time.sleep(0.05)
+        except ComponentFailed as error:
+            failure = error  # log what the reports say so far, then stop the run
+        for i in range(K):
+            if board.check([f"report/{i}"]):
+                reports[i] = json.loads(board.get(f"report/{i}"))
+        now = time.perf_counter()
+        msgs = sum(r["received"] for r in reports.values())
+        stale = (sum(r["staleness_sum"] for r in reports.values()),
+                 sum(r["staleness_n"] for r in reports.values()))
+        d_stale = (stale[0] - last_stale[0]) / max(1, stale[1] - last_stale[1])
+        row_extra = {"msg/s": round((msgs - last_msgs) / (now - last_t), 1),
+                     "stale": round(d_stale, 2),
+                     "queue": sum(r["queue"] for r in reports.values()),
+                     "drops": sum(r["drops"] for r in reports.values())}
+        last_t, last_msgs, last_stale = now, msgs, stale
+        accuracy = {f"component_{i}": r["accuracy"] for i, r in sorted(reports.items())
+                    if r["accuracy"] is not None}
+        epoch = sum(r["epoch"] for r in reports.values()) / max(1, len(reports))
+        steps = sum(r["steps"] for r in reports.values())
+        ce = [r["ce"] for r in reports.values() if r["ce"]]
+        run.log(steps, epoch, accuracy=accuracy,
+                losses={"ce": sum(ce) / len(ce)} if ce else None, extra=row_extra)
+        summarise(run, reports, stale)
+        if failure is not None:
+            raise failure
+        if len(reports) == K and all(r["finished"] for r in reports.values()):
+            return
+
+
+def summarise(run, reports, stale):
+    """Per-component figures and the run's totals, into run.summary."""
+    run.summary["components"] = {
+        f"component_{i}": dict(steps=r["steps"], learn_steps=r["learn_steps"],
+                               steps_per_second=round(r["steps"] / max(r["seconds"], 1e-9), 2),
+                               train_steps_per_second=round(
+                                   r["steps"] / max(r["seconds"] - r["eval_seconds"], 1e-9), 2),
+                               messages_received=r["received"], messages_sent=r["sent"],
+                               mean_staleness=round(r["staleness_sum"] / max(1, r["staleness_n"]), 3),
+                               queue_max=r["queue_max"], drops=r["drops"],
+                               spikes_skipped=r["spikes_skipped"], grads_lost=r["grads_lost"],
+                               seconds=round(r["seconds"], 3))
+        for i, r in sorted(reports.items())}
+    seconds = max((r["seconds"] for r in reports.values()), default=0) or 1e-9
+    run.summary["messages_per_second"] = round(sum(r["received"] for r in reports.values()) / seconds, 1)
+    run.summary["steps_per_second"] = round(sum(r["steps"] for r in reports.values()) / seconds, 2)
+    run.summary["mean_staleness"] = round(stale[0] / max(1, stale[1]), 3)
+
+
+# ============================================================================ backends
+def run_threads(run, args, make_worker, data, device):
+    """Every component a thread of this process; one dataset in memory for all."""
+    board = DictBoard()
+    transports = ThreadTransport.group(args.components, args.latency_ms / 1000,
+                                       args.jitter_ms / 1000, args.seed)
+    # Built one after another here: seeding is global, threads would race for it.
+    workers = [make_worker(i, data, transports[i], board, device) for i in range(args.components)]
+    threads = [threading.Thread(target=run_worker, args=(w,), daemon=True, name=f"component_{w.rank}")
+               for w in workers]
+    for t in threads:
+        t.start()
+    try:
+        monitor(run, board, args.components, args.log_seconds)
+    finally:
+        board.set("stop", "1")
+        for t in threads:
+            t.join(timeout=args.peer_timeout + 5)
+
+
+def gloo_transport(store, rank, args, farewells):
+    kind, counts = farewells  # after its neighbours' last messages the receiver thread ends
+    return GlooTransport(torch.distributed.PrefixStore("pg/", store), rank, args.components,
+                         args.peer_timeout, (kind, counts[rank]), args.latency_ms / 1000,
+                         args.jitter_ms / 1000, args.seed)
+
+
+def process_worker(rank, args, make_worker, farewells, load, port):
+    """A spawned process: one component, gloo point-to-point to its neighbours."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher stops us, not the terminal
+    code = 0
+    try:
+        torch.set_num_threads(args.threads or 1)
+        device = cli.resolve_device(args.device)
+        data = load(device)
+        store = connect_store(args.master_addr, port, False, args.peer_timeout + 30)
+        board = torch.distributed.PrefixStore("board/", store)
+        transport = gloo_transport(store, rank, args, farewells)
+        if run_worker(make_worker(rank, data, transport, board, device)):
+            transport.close()
+    except BaseException:
+        code = 1
+        if not isinstance(sys.exc_info()[1], PeerFailure):
+            import traceback
+            traceback.print_exc()
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(code)  # the receiver thread may sit in gloo; do not wait for it
+
+
+def run_processes(run, args, make_worker, farewells, load):
+    """One spawned process per component; each loads its own data with load(device)."""
+    import torch.multiprocessing as mp
+    port = args.master_port or free_port(args.master_addr)
+    store = connect_store(args.master_addr, port, True, args.peer_timeout + 30)
+    board = torch.distributed.PrefixStore("board/", store)
+    context = mp.get_context("spawn")
+    procs = [context.Process(target=process_worker, name=f"component_{i}",
+                             args=(i, args, make_worker, farewells, load, port))
+             for i in range(args.components)]
+    for p in procs:
+        p.start()
+    # who is who, for `kill` in demos and tests
+    (run.dir / "workers.json").write_text(json.dumps(
+        {f"component_{i}": p.pid for i, p in enumerate(procs)}) + "\n")
+
+    def alive():
+        for i, p in enumerate(procs):
+            if p.exitcode not in (None, 0) and not board.check(["failed"]):
+                reason = (f"killed by signal {-p.exitcode}" if p.exitcode < 0
+                          else f"exited with code {p.exitcode}")
+                raise ComponentFailed(f"component_{i}: process {reason}")
+
+    try:
+        monitor(run, board, args.components, args.log_seconds, alive)
+    finally:
+        board.set("stop", "1")
+        deadline = time.perf_counter() + 5
+        for p in procs:
+            p.join(timeout=max(0.1, deadline - time.perf_counter()))
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def torchrun_store(rank):
+    """The store torchrun set up: its agent's store, or one rank 0 hosts (as env:// does)."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    use_agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = connect_store(host, port, rank == 0 and not use_agent, 60)
+    return torch.distributed.PrefixStore("components/", store)
+
+
+def run_torchrun(run, args, make_worker, farewells, data, device, rank):
+    """This process is torchrun rank `rank`, one component. Rank 0 also runs the
+    monitor and keeps the run folder (`run`); the other ranks pass run=None."""
+    store = torchrun_store(rank)
+    board = torch.distributed.PrefixStore("board/", store)
+    transport = gloo_transport(store, rank, args, farewells)
+    worker = make_worker(rank, data, transport, board, device)
+    if rank != 0:  # a plain component
+        if run_worker(worker):
+            transport.close()
+        return
+    thread = threading.Thread(target=run_worker, args=(worker,), daemon=True)
+    thread.start()
+    try:
+        monitor(run, board, args.components, args.log_seconds)
+        thread.join()
+        transport.close()
+    finally:
+        board.set("stop", "1")
