@@ -200,6 +200,68 @@ def plot(results, assets):
         fig.savefig(assets / "async_latency.png", dpi=110)
 
 
+def tables(results):
+    """What the README shows, from whichever parts have been measured: "rows" (titled
+    tables) and "targets" ({figure, value, target, met}; met None when not measured)."""
+    rates, eff = [], results.get("efficiency")
+    if eff:
+        K = eff["components"]
+        rates += [("steps/s, one component alone, 1 thread", round(eff["alone_steps_per_second"], 1)),
+                  (f"steps/s, K = {K} components, process backend, 1 thread each",
+                   round(eff["together_steps_per_second"], 1)),
+                  ("parallel efficiency: steps/s ÷ (K × one alone's)",
+                   round(eff["efficiency_vs_alone"], 3)),
+                  ("steps/s, the same K processes pinned to one core",
+                   round(eff["together_one_core_steps_per_second"], 1)),
+                  ("speedup of K cores over one core, ÷ K (equal work)",
+                   round(eff["efficiency_same_work"], 3))]
+    tta = results.get("time_to_accuracy")
+    if tta:
+        for name in ("process", "thread", "sequential"):
+            entry, who = tta.get(name), "sequential_mach" if name == "sequential" else f"async {name}"
+            seconds = entry.get("seconds_to_target") if isinstance(entry, dict) else entry
+            rates.append((f"wall s until the last component reaches {100 * tta['target']:g} % "
+                          f"({tta['iterations']} steps each): {who}",
+                          "not reached" if seconds is None else seconds))
+        if tta.get("ratio_sequential_over_async"):
+            rates.append(("sequential_mach's time ÷ async process's",
+                          round(tta["ratio_sequential_over_async"], 2)))
+    slow = results.get("slow_child")
+    if slow:
+        rates += [("parent steps/s, normal child", slow["parent_normal"]),
+                  (f"parent steps/s, child slowed by {slow['slow_ms']:g} ms a loop",
+                   slow["parent_with_slow_child"]),
+                  ("parent steps/s, slowed ÷ normal", round(slow["ratio"], 2))]
+    latency = [{"--latency-ms": r["latency_ms"], "--jitter-ms": r["jitter_ms"],
+                "mean final accuracy %": round(100 * r["mean_accuracy"], 2),
+                "per component %": " / ".join(f"{100 * v:.2f}" for v in r["accuracy"].values()),
+                "mean staleness": r["mean_staleness"], "wall s": round(r["wall_seconds"])}
+               for r in results.get("latency", [])]
+    rows = {"rates, time to accuracy, slow child": [{"figure": f, "value": v} for f, v in rates],
+            "final accuracy against simulated latency (thread backend)": latency}
+
+    def goal(figure, value, target, met):
+        return {"figure": figure, "value": value, "target": target,
+                "met": None if value is None or target is None else met(value)}
+
+    ratio = (tta or {}).get("ratio_sequential_over_async")
+    K = eff["components"] if eff else "K"
+    targets = [goal(f"async parallel efficiency, K = {K} processes, one core each",
+                    eff and round(eff["efficiency_vs_alone"], 3), ">= 0.85", lambda v: v >= 0.85),
+               goal("async: parent's step rate with its child slowed on purpose ÷ normal",
+                    slow and round(slow["ratio"], 2), ">= 0.8", lambda v: v >= 0.8),
+               goal(f"async (process) time to {100 * (tta or {}).get('target', 0.8):g} % accuracy, "
+                    "sequential_mach's time ÷ async's", ratio and round(ratio, 2), None, None)]
+    return {"rows": {title: table for title, table in rows.items() if table}, "targets": targets}
+
+
+def machine():
+    """hardware and torch version of this machine, for the JSON."""
+    import torch
+    from common.run_folder import hardware
+    return {"hardware": hardware(torch.device("cpu")), "torch": torch.__version__}
+
+
 def main(argv=None):
     parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", default=["efficiency", "tta", "slow", "latency"],
@@ -225,10 +287,11 @@ def main(argv=None):
     path = Path(args.json) if args.json else out / "async_efficiency.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(path.read_text()) if path.exists() else {}
-    results["cpu_count"] = os.cpu_count()
+    results.update(benchmark="async_efficiency", **machine(), cpu_count=os.cpu_count())
     steps = dict(efficiency=efficiency, tta=time_to_accuracy, slow=slow_child, latency=latency)
     for part in args.parts:
         steps[part](args, out, results)
+        results.update(tables(results))
         path.write_text(json.dumps(results, indent=2) + "\n")
     if args.plot:
         plot(results, ROOT / "assets")

@@ -6,9 +6,10 @@
 
 Each step is a subprocess, run one after another so timings do not overlap;
 each writes JSON under results/ and the experiment runs write their run
-folders under results/<script>/. The README's tables and assets/ plots are
-then rewritten by benchmarks/make_results.py. A failed step is reported at
-the end and makes the exit code non-zero; the others still run.
+folders under results/<script>/. Then benchmarks/make_results.py rewrites the
+generated blocks of README.md and benchmarks/README.md from what those runs and
+benchmarks declared, and copies their figures into assets/. A failed step is
+reported at the end and makes the exit code non-zero; the others still run.
 """
 import json
 import shutil
@@ -72,12 +73,13 @@ def run(name, command):
 def main(argv=None):
     parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="benchmarks' quick modes only")
-    parser.add_argument("--only", choices=["benchmarks", "experiments"], default=None)
+    parser.add_argument("--only", choices=["benchmarks", "experiments"], default=None,
+                        help="run only the benchmarks or only the experiment runs (default: both)")
     parser.add_argument("--experiments", nargs="+", default=None, metavar="SCRIPT",
                         help="only these scripts' experiment runs (default: all)")
     parser.add_argument("--resume", action="store_true",
                         help="keep experiment runs whose folder already says status completed")
-    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--dataset", default="fashion-mnist", help="dataset of the experiment runs")
     parser.add_argument("--json-dir", default=None,
                         help="where benchmark JSON goes (default results/benchmarks, "
                              "or a temporary folder with --quick so real results stay)")
@@ -104,7 +106,9 @@ def main(argv=None):
                     print(f"=== {script} {label} seed {seed}: kept (completed in {out})")
                     continue
                 shutil.rmtree(out, ignore_errors=True)
-                command = [PY, f"{script}.py", "--dataset", args.dataset, *flags,
+                # the lumpy task makes its own data and refuses --dataset
+                dataset = [] if "lumpy" in flags else ["--dataset", args.dataset]
+                command = [PY, f"{script}.py", *dataset, *flags,
                            "--seed", str(seed), "--out", str(out.relative_to(ROOT))]
                 if run(f"{script} {label} seed {seed}", command) != 0:
                     failed.append(f"{script} {label} seed {seed}")

@@ -19,6 +19,18 @@ def test_quick_mode_under_a_minute(tmp_path):
     assert data_path["speedup"] > 1 and 0 < data_path["data_share_of_step"] < 1
     efficiency = json.loads((tmp_path / "compute_efficiency.json").read_text())
     assert all(0 < row["efficiency"] < 1.5 for row in efficiency["rows"])
+    # every benchmark states its goals with the measured value and its own verdict
+    speedup, share = data_path["targets"]
+    assert speedup["value"] == data_path["speedup"] and speedup["met"] == (data_path["speedup"] >= 10)
+    assert share["value"] == data_path["data_share_of_step"] and share["met"] == (share["value"] < 0.05)
+    (row,) = efficiency["rows"]
+    assert efficiency["targets"] == [{"figure": efficiency["targets"][0]["figure"], "value": row["efficiency"],
+                                      "target": ">= 0.7", "met": row["efficiency"] >= 0.7}]
+    message = json.loads((tmp_path / "message_cost.json").read_text())
+    assert [(t["value"], t["target"], t["met"]) for t in message["targets"]] == [
+        (message["http_over_gloo"], None, None), (message["http_over_channel"], None, None)]
+    transport = json.loads((tmp_path / "synthgrad_transport.json").read_text())
+    assert transport["targets"][0]["value"] is None and transport["targets"][0]["met"] is None  # skipped
 
 
 @pytest.mark.parametrize("name, flags, message", [
@@ -37,3 +49,24 @@ def test_bad_flags_exit_2_with_one_line(name, flags, message, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_targets_say_met_missed_or_not_measured():
+    """Each benchmark's verdict on made-up figures either side of its goal."""
+    from benchmarks import async_efficiency, compute_efficiency, data_path, synthgrad_transport
+    verdicts = [t["met"] for t in data_path.targets(
+        {"speedup": 9.9, "speedup_target": 10, "data_share_of_step": 0.01, "data_share_target": 0.05})]
+    assert verdicts == [False, True]
+    rows = [{"script": "a", "efficiency": 0.71, "efficiency_repeats": [0.71]},
+            {"script": "b", "efficiency": 0.69, "efficiency_repeats": [0.69, 0.7],
+             "efficiency_compiled": 0.75, "efficiency_compiled_repeats": [0.75, 0.74], "compile_s": 3.0}]
+    assert [t["met"] for t in compute_efficiency.targets(rows)] == [True, False, True]
+    assert [t["met"] for t in synthgrad_transport.targets({"time_ratio_to_backprop": {"dni_async": 2.1}})] \
+        == [False]
+    only_slow = {"slow_child": {"slow_ms": 100, "parent_normal": 10.0, "parent_with_slow_child": 7.9,
+                                "child_normal": 9.0, "child_slowed": 1.0, "ratio": 0.79}}
+    tables = async_efficiency.tables(only_slow)
+    assert [(t["value"], t["met"]) for t in tables["targets"]] == [(None, None), (0.79, False), (None, None)]
+    assert list(tables["rows"]) == ["rates, time to accuracy, slow child"]
+    assert {"figure": "parent steps/s, slowed ÷ normal", "value": 0.79} in tables["rows"][
+        "rates, time to accuracy, slow child"]
