@@ -286,6 +286,7 @@ def main(argv=None):
         if args.baseline:
             for model_name, clock in clocks.items():
                 run.declare_row(model_name, "own training seconds", round(clock.seconds, 2), "s")
+            run.baseline = f"backprop_{n - 1}"
             run.time_to_target([(f"teacher_{i}", f"backprop_{i}") for i in range(n)],
                                lambda name: "sec/backprop" if name.startswith("backprop") else "sec/mach")
 

@@ -1,16 +1,12 @@
-"""Write the generated blocks of README.md and benchmarks/README.md, and copy the
-figures they show into assets/, from what each run and benchmark declared. No
-number in them is typed by hand, and no script or benchmark is known here by name.
+"""Write README.md's generated blocks, benchmarks/README.md's and results/README.md from what
+each run and benchmark declared, and copy the runs' figures into assets/. No number is typed
+by hand, and no script or benchmark is known here by name.
 
-Reads results/<script>/<run>/summary.json ("results" and "time_to_target", as
-common/run_folder.py writes them) and config.json (runs are grouped by their
-"command" without --seed and --out), results/benchmarks/<name>.json ("targets",
-then "rows" or any other figures), and each <script>.py's docstring (the idea).
-Rewrites, between <!-- X:begin --> and <!-- X:end -->: X = headline and every
-results:<script> present in README.md, X = benchmarks in benchmarks/README.md.
-
-    python benchmarks/make_results.py [--results results] [--readme README.md]
-                                      [--benchmarks-readme benchmarks/README.md] [--assets assets]
+Reads results/<script>/<run>/{summary,config}.json (runs are grouped by their command without
+--seed and --out), results/benchmarks/<name>.json and each <script>.py's docstring (the idea).
+Rewrites the text between <!-- X:begin --> and <!-- X:end --> for X = headline and each
+results:<script> in README.md, and X = benchmarks in benchmarks/README.md.
+Usage: python benchmarks/make_results.py (--help names the files it reads and writes)
 """
 import ast
 import json
@@ -36,32 +32,28 @@ def strip_command(command):
 
 
 def load_runs(results):
-    """{script: [group]}, a group being {command, label, runs (summaries, lowest seed first)}."""
-    commands = defaultdict(lambda: defaultdict(list))
+    """{script: [group]}, a group being {command, label, runs (summaries, lowest seed first)},
+    scripts in name order and each script's commands in the order of their first run folder."""
+    by_command, groups = defaultdict(list), defaultdict(list)
     for path in sorted(Path(results).glob("*/*/summary.json")):
         if path.parent.parent.name != "benchmarks":
             summary = dict(json.loads(path.read_text()), folder=path.parent)
-            config = path.parent / "config.json"
-            command = json.loads(config.read_text()).get("command") if config.exists() else None
-            commands[summary["script"]][strip_command(command or f"{summary['script']}.py")].append(summary)
-    groups = defaultdict(list)
-    for script, by_command in sorted(commands.items()):
-        for command, runs in by_command.items():
-            runs.sort(key=lambda run: run.get("seed") or 0)
-            label = re.sub(r"-?seed\d+$", "", runs[0]["folder"].name) or "run"
-            groups[script].append({"command": command, "label": label, "runs": runs})
+            command = json.loads((path.parent / "config.json").read_text())["command"]
+            by_command[summary["script"], strip_command(command)].append(summary)
+    for (script, command), runs in sorted(by_command.items(), key=lambda item: item[0][0]):
+        runs.sort(key=lambda run: run["seed"])
+        label = re.sub(r"-?seed\d+$", "", runs[0]["folder"].name) or "run"
+        groups[script].append({"command": command, "label": label, "runs": runs})
     return groups
 
 
-def declared(run):
-    """What the run declared for the tables (older runs: each component's test accuracy)."""
-    return run.get("results") or {"baseline": None, "figures": [], "rows": [
-        {"name": name, "metric": "test accuracy", "value": round(100 * value, 4), "unit": "%",
-         "headline": True} for name, value in run.get("test_accuracy", {}).items()]}
+def main_group(groups):
+    """The group a script is summed up by: the run folders named defaults-seed<k>, else the first."""
+    return next((group for group in groups if group["label"] == "defaults"), groups[0])
 
 
 def fmt(values, unit):
-    """mean ± std of the values (no ± for one), in the unit's digits."""
+    """mean ± sample std of the values (no ± for one), in the unit's digits; '-' for none."""
     if not values:
         return "-"
     digits = DIGITS.get(unit, 4)
@@ -74,56 +66,51 @@ def of(part, whole):
     return f" ({len(part)} of {whole})" if len(part) < whole else ""
 
 
-def merged_rows(group):
-    """The group's declared rows, one per (name, metric), with its text over the seeds."""
-    rows = {}
-    for run in group["runs"]:
-        for row in declared(run)["rows"]:
-            entry = rows.setdefault((row["name"], row["metric"]), dict(row, values=[]))
-            if isinstance(row["value"], (int, float)) and not isinstance(row["value"], bool):
-                entry["values"].append(row["value"])
-    for row in rows.values():
-        row["text"] = fmt(row["values"], row["unit"]) + of(row["values"], len(group["runs"]))
-    return list(rows.values())
-
-
-def facts(group):
-    """Seeds (and any ending other than completed), mean train and wall seconds, hardware."""
-    runs = group["runs"]
-    statuses = sorted({run.get("status", "?") for run in runs} - {"completed"})
-    walls = [run["wall_seconds"] for run in runs if "wall_seconds" in run]
-    return {"seeds": ", ".join(str(run.get("seed")) for run in runs)
-            + (f" ({', '.join(statuses)})" if statuses else ""),
-            "train": f"{statistics.fmean(run['train_seconds'] for run in runs):.1f}",
-            "wall": f"{statistics.fmean(walls):.1f}" if walls else "-",
-            "hardware": "; ".join(sorted({run.get("hardware", run.get("device", "?")) for run in runs}))}
-
-
-def time_to_target(group):
-    """(fraction, [{method, baseline, seconds, baseline_seconds, ratios, n}]) over the seeds."""
-    fraction, pairs = None, {}
-    for run in group["runs"]:
-        record = run.get("time_to_target") or {}
-        fraction = record.get("fraction", fraction)
-        for pair in record.get("pairs", []):
-            entry = pairs.setdefault((pair["method"], pair["baseline"]), dict(
-                method=pair["method"], baseline=pair["baseline"], seconds=[], baseline_seconds=[],
-                ratios=[], n=0))
-            mine, theirs = pair["seconds"], pair["baseline_seconds"]
-            entry["n"] += 1
-            entry["seconds"] += [mine] if mine is not None else []
-            entry["baseline_seconds"] += [theirs] if theirs is not None else []
-            entry["ratios"] += [mine / theirs] if mine is not None and theirs else []
-    return fraction, list(pairs.values())
-
-
-def percent(fraction):
-    return f"{100 * fraction:g} %"
+def percent(fractions):
+    return " or ".join(f"{100 * fraction:g} %" for fraction in sorted(fractions))
 
 
 def table(header, rows):
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+
+
+def merged_rows(group):
+    """The group's declared rows, one per (name, metric), with its text over the seeds."""
+    rows = {}
+    for run in group["runs"]:
+        for row in run["results"]["rows"]:
+            entry = rows.setdefault((row["name"], row["metric"]), dict(row, values=[]))
+            if isinstance(row["value"], (int, float)) and not isinstance(row["value"], bool):
+                entry["values"].append(row["value"])
+    return [dict(row, text=fmt(row["values"], row["unit"]) + of(row["values"], len(group["runs"])))
+            for row in rows.values()]
+
+
+def facts(group):
+    """Seeds (and any ending other than completed), mean train and wall seconds, hardware."""
+    runs = group["runs"]
+    statuses = sorted({run["status"] for run in runs} - {"completed"})
+    return {"seeds": ", ".join(str(run["seed"]) for run in runs) + (f" ({', '.join(statuses)})" if statuses else ""),
+            "train": f"{statistics.fmean(run['train_seconds'] for run in runs):.1f}",
+            "wall": f"{statistics.fmean(run['wall_seconds'] for run in runs):.1f}",
+            "hardware": "; ".join(sorted({run["hardware"] for run in runs}))}
+
+
+def time_to_target(group):
+    """(fraction, [{method, baseline, seconds, baseline_seconds, ratios, n}]) over the n seeds;
+    a seed that never reached the target adds no seconds and no ratio."""
+    fraction, seen = None, defaultdict(list)
+    for run in group["runs"]:
+        record = run.get("time_to_target") or {}
+        fraction = record.get("fraction", fraction)
+        for pair in record.get("pairs", []):
+            seen[pair["method"], pair["baseline"]].append((pair["seconds"], pair["baseline_seconds"]))
+    return fraction, [{"method": method, "baseline": baseline, "n": len(times),
+                       "seconds": [mine for mine, _ in times if mine is not None],
+                       "baseline_seconds": [theirs for _, theirs in times if theirs is not None],
+                       "ratios": [mine / theirs for mine, theirs in times if mine is not None and theirs]}
+                      for (method, baseline), times in seen.items()]
 
 
 def idea(script, scripts):
@@ -133,26 +120,25 @@ def idea(script, scripts):
     return " ".join((doc or "").split("\n\n")[0].split()).removeprefix(f"{script}.py:").strip()
 
 
-def main_group(groups):
-    """The group a script is summed up by: the run folders named defaults-seed<k>, else the first."""
-    return next((group for group in groups if group["label"] == "defaults"), groups[0])
-
-
 def headline_block(groups, scripts):
-    """A row per script: its headline rows beside the baseline's, and its time to target."""
+    """A row per script: its main group's headline rows beside the baseline's, and the time to
+    target of every group's pairs whose method is a headline row there."""
     rows, fractions = [], set()
     for script, script_groups in groups.items():
         group = main_group(script_groups)
-        merged, baseline = merged_rows(group), declared(group["runs"][0])["baseline"]
+        merged, baseline = merged_rows(group), group["runs"][0]["results"]["baseline"]
         metrics = {row["metric"] for row in merged if row["headline"]}
         results = [f"{row['name']}{' (baseline)' if row['name'] == baseline else ''} {row['metric']} "
                    f"{row['text']}" for row in merged
                    if row["headline"] or (row["name"] == baseline and row["metric"] in metrics)]
-        fraction, pairs = time_to_target(group)
-        fractions |= {fraction} if pairs else set()
-        times = [f"{p['method']}: " + (f"{fmt(p['ratios'], 'x')}{of(p['ratios'], p['n'])} {p['baseline']}'s"
-                                       if p["ratios"] else f"not reached{of(p['seconds'], p['n'])}")
-                 for p in pairs]
+        times = []
+        for other in [group, *(g for g in script_groups if g is not group)]:  # main first; others may hold pairs too
+            fraction, pairs = time_to_target(other)
+            named = {row["name"] for row in merged_rows(other) if row["headline"]}
+            fractions |= {fraction} if pairs else set()
+            times += [f"{p['method']}: " + (f"{fmt(p['ratios'], 'x')}{of(p['ratios'], p['n'])} {p['baseline']}'s"
+                                            if p["ratios"] else f"not reached{of(p['seconds'], p['n'])}")
+                      for p in pairs if p["method"] in named]
         about = facts(group)
         rows.append([f"[`{script}.py`](#{script.replace('_', '')}py)", idea(script, scripts),
                      "<br>".join(results) or "-", f"{about['train']} s", about["seeds"],
@@ -164,56 +150,72 @@ def headline_block(groups, scripts):
     if not fractions:
         return table(header[:-1], [row[:-1] for row in rows])
     return table(header, rows) + [
-        "", f"Time to target: training seconds until a method's test accuracy first reaches "
-        f"{' or '.join(map(percent, sorted(fractions)))} of its baseline's final accuracy, divided "
-        "by the baseline's seconds to the same accuracy, in the same run."]
+        "", f"Time to target: training seconds until a method's test accuracy first reaches {percent(fractions)} "
+        "of its baseline's final accuracy, divided by the baseline's seconds to the same accuracy, in the same run."]
 
 
-def copy_figures(script, groups, assets):
-    """Every group's lowest seed's figures to assets/<script>_<label>_<file>; returns the
-    main group's first one (label, file, copy), the one the README shows."""
-    show = None
+def group_table(group):
+    """The command, its seeds and seconds, then a row per declared name: a column per metric,
+    its seconds to target and ratio where measured, and the original's figure where given."""
+    about, (fraction, pairs), merged = facts(group), time_to_target(group), merged_rows(group)
+    cells = defaultdict(dict)
+    for row in merged:
+        cells[row["name"]][row["metric"]] = row["text"]
+        if "reference" in row:
+            cells[row["name"]]["original / paper"] = row["reference"]
+    for p in pairs:  # the baseline's own time, and each method's with its ratio
+        cells[p["baseline"]].setdefault("s to target", fmt(p["baseline_seconds"], "s"))
+        cells[p["method"]]["s to target"] = fmt(p["seconds"], "s") + of(p["seconds"], p["n"])
+        cells[p["method"]]["÷ baseline's"] = fmt(p["ratios"], "x")
+    columns = list(dict.fromkeys(row["metric"] for row in merged)) + [  # then those filled above
+        c for c in ("s to target", "÷ baseline's", "original / paper") if any(c in row for row in cells.values())]
+    lines = [f"`{group['command']}`: seeds {about['seeds']}, {about['train']} s training, "
+             f"{about['wall']} s wall (mean)", "",
+             *table(["", *columns], [[name, *(row.get(c, "") for c in columns)] for name, row in cells.items()]), ""]
+    return lines + ([f"s to target: training seconds until the test accuracy first reached {percent({fraction})} "
+                     "of the baseline's final accuracy, on each one's own clock.", ""] if pairs else [])
+
+
+def hardware(groups):
+    return f"Mean ± std over the seeds. Hardware: {'; '.join(sorted({facts(g)['hardware'] for g in groups}))}."
+
+
+def figures(script, groups, assets):
+    """(group, file, source, copy) for each group's declared figures, from its lowest seed's
+    folder to assets/<script>_<label>_<file>; main() copies them once every block is found."""
+    return [(group, name, group["runs"][0]["folder"] / name, Path(assets) / f"{script}_{group['label']}_{name}")
+            for group in groups for name in group["runs"][0]["results"]["figures"]
+            if (group["runs"][0]["folder"] / name).exists()]
+
+
+def script_block(script, groups, found, readme_dir, every):
+    """The main group's table, the other groups' time to target, the hardware, a link to the
+    file `every` (every group's table) and the main group's first figure among `found`."""
+    main, link = main_group(groups), lambda path: Path(os.path.relpath(path, readme_dir)).as_posix()
+    lines, elsewhere, fractions = group_table(main), [], set()
     for group in groups:
-        for name in declared(group["runs"][0])["figures"]:
-            source = group["runs"][0]["folder"] / name
-            if source.exists():
-                Path(assets).mkdir(parents=True, exist_ok=True)
-                copy = Path(assets) / f"{script}_{group['label']}_{name}"
-                shutil.copyfile(source, copy)
-                if group is main_group(groups) and show is None:
-                    show = (group["label"], name, copy)
-    return show
-
-
-def script_block(script, groups, assets, readme_dir):
-    """The script's table, hardware once, its time-to-target rows, and one figure."""
-    rows, tta, hardware = [], [], set()
-    for group in groups:
-        about = facts(group)
-        hardware.add(about["hardware"])
-        for i, row in enumerate(merged_rows(group)):
-            rows.append(([f"`{group['command']}`", about["seeds"]] if i == 0 else ["", ""])
-                        + [row["name"], row["metric"], row["text"]]
-                        + ([about["train"], about["wall"]] if i == 0 else ["", ""])
-                        + [row.get("reference", "")])
         fraction, pairs = time_to_target(group)
-        for i, p in enumerate(pairs):
-            tta.append([f"`{group['command']}`" if i == 0 else "", percent(fraction),
-                        f"{p['method']} vs {p['baseline']}", *(fmt(p[k], "s") if p[k] else "not reached"
-                                                               for k in ("seconds", "baseline_seconds")),
-                        fmt(p["ratios"], "x"), f"{len(p['seconds'])} of {p['n']}"])
-    lines = table(["command", "seeds", "name", "metric", "mean ± std", "train s", "wall s", "reference"],
-                  rows) + ["", f"Hardware: {'; '.join(sorted(hardware))}."]
-    if tta:
-        lines += ["", "Training seconds until the test accuracy first reaches the fraction shown of "
-                  "the baseline's final accuracy in the same run, on the clock the script keeps for "
-                  "each (evaluations come every --eval-every steps: a time is rounded up to one):", "",
-                  *table(["command", "of final", "method vs baseline", "method s", "baseline s",
-                          "ratio", "reached"], tta)]
-    show = copy_figures(script, groups, assets)
-    if show:
-        link = Path(os.path.relpath(show[2], readme_dir)).as_posix()
-        lines += ["", f"![{script} {show[0]}: {show[1]}]({link})"]
+        if group is not main and pairs:
+            fractions.add(fraction)
+            elsewhere += [[f"`{group['command']}`" if i == 0 else "", f"{p['method']} vs {p['baseline']}",
+                           *(fmt(p[k], "s") if p[k] else "not reached" for k in ("seconds", "baseline_seconds")),
+                           fmt(p["ratios"], "x")] for i, p in enumerate(pairs)]
+    if elsewhere:
+        lines += [f"Time to {percent(fractions)} of the baseline's final accuracy in the other commands' runs:",
+                  "", *table(["command", "method vs baseline", "method s", "baseline s", "ratio"], elsewhere), ""]
+    lines.append(hardware(groups) + (f" Every command's table: [{link(every)}]({link(every)}#{script})."
+                                     if len(groups) > 1 else ""))
+    shown = next(((name, copy) for group, name, _, copy in found if group is main), None)
+    return lines + (["", f"![{script} {main['label']}: {shown[0]}]({link(shown[1])})"] if shown else [])
+
+
+def every_block(groups):
+    """results/README.md: every group's table, by script."""
+    lines = ["# Every logged run, by script", "", "Generated by `python benchmarks/make_results.py` from the run "
+             "folders beside this file; each command reproduces its table with the seeds listed.", ""]
+    for script, script_groups in groups.items():
+        lines += [f"## {script}", "", *(line for group in script_groups for line in group_table(group)),
+                  hardware(script_groups), ""]
     return lines
 
 
@@ -226,15 +228,13 @@ def cell(value):
 
 def flatten(value, prefix=""):
     """(dotted key, value) pairs of nested dicts."""
-    if not isinstance(value, dict):
-        return [(prefix.rstrip("."), value)]
-    return [pair for key, inner in value.items() for pair in flatten(inner, f"{prefix}{key}.")]
+    return ([pair for key, inner in value.items() for pair in flatten(inner, f"{prefix}{key}.")]
+            if isinstance(value, dict) else [(prefix.rstrip("."), value)])
 
 
 def benchmarks_block(results):
     """Every benchmark's targets in one table, then each one's figures as it wrote them."""
-    found = [(path, json.loads(path.read_text()))
-             for path in sorted(Path(results, "benchmarks").glob("*.json"))]
+    found = [(path, json.loads(path.read_text())) for path in sorted(Path(results, "benchmarks").glob("*.json"))]
     goals = [[data.get("benchmark", path.stem), goal["figure"], cell(goal["value"]), goal["target"] or "-",
               "reported, no target" if goal["target"] is None else "not measured" if goal["met"] is None
               else "met" if goal["met"] else "**missed**"]
@@ -264,34 +264,35 @@ def replace_block(text, name, lines, where):
 def main(argv=None):
     parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=str(ROOT / "results"),
-                        help="folder of run folders (<script>/<run>/) and benchmarks/*.json")
+                        help="run folders (<script>/<run>/), benchmarks/*.json; its README.md gets every table")
     parser.add_argument("--readme", default=str(ROOT / "README.md"),
                         help="file whose headline and results:<script> blocks are rewritten")
     parser.add_argument("--benchmarks-readme", default=str(ROOT / "benchmarks" / "README.md"),
                         help="file whose benchmarks block is rewritten")
-    parser.add_argument("--assets", default=str(ROOT / "assets"),
-                        help="where the runs' figures are copied for the README to show")
-    parser.add_argument("--scripts", default=str(ROOT),
-                        help="folder of the <script>.py files whose docstrings give the ideas")
+    parser.add_argument("--assets", default=str(ROOT / "assets"), help="where the runs' figures are copied")
+    parser.add_argument("--scripts", default=str(ROOT), help="folder of the <script>.py files (their ideas)")
     args = parser.parse_args(argv)
     for path in (args.readme, args.benchmarks_readme):
         if not Path(path).is_file():
             raise cli.UserError(f"{path}: no such file; name it with --readme or --benchmarks-readme")
-    groups = load_runs(args.results)
-    readme_path, bench_path = Path(args.readme), Path(args.benchmarks_readme)
+    groups, readme_path, bench_path = load_runs(args.results), Path(args.readme), Path(args.benchmarks_readme)
+    every = Path(args.results, "README.md")
+    found = {script: figures(script, script_groups, args.assets) for script, script_groups in groups.items()}
     # every block is found before anything (a README, a figure) is written
     bench = replace_block(bench_path.read_text(), "benchmarks", benchmarks_block(args.results),
                           args.benchmarks_readme)
-    readme = replace_block(readme_path.read_text(), "headline", headline_block(groups, args.scripts),
-                           args.readme)
+    readme = replace_block(readme_path.read_text(), "headline", headline_block(groups, args.scripts), args.readme)
     for script in re.findall(r"<!-- results:([\w-]+):begin -->", readme):
-        block = (script_block(script, groups[script], args.assets, readme_path.resolve().parent)
+        block = (script_block(script, groups[script], found[script], readme_path.resolve().parent, every)
                  if script in groups else [f"(no runs logged yet under results/{script}/)"])
         readme = replace_block(readme, f"results:{script}", block, args.readme)
     readme_path.write_text(readme)
     bench_path.write_text(bench)
-    print(f"make_results: {sum(map(len, groups.values()))} command groups of {len(groups)} scripts "
-          f"from {args.results} written to {args.readme} and {args.benchmarks_readme}")
+    every.write_text("\n".join(every_block(groups)))
+    for _, _, source, copy in (figure for script_figures in found.values() for figure in script_figures):
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, copy)
+    print(f"make_results: {len(groups)} scripts' runs written to {args.readme}, {args.benchmarks_readme}, {every}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The results generator renders what fake run folders and benchmark JSON declare,
 and nothing else: every expected figure below is computed here from the inputs."""
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,11 +22,15 @@ stale table
 <!-- results:toy_mach:end -->
 """
 BENCH = "# benchmarks\n<!-- benchmarks:begin -->\nstale\n<!-- benchmarks:end -->\nmore text\n"
-SEEDS = {0: (88.1, 86.1, 80.0, 3.0, 1.0), 1: (88.3, 85.9, 82.0, 6.0, 2.0), 2: (87.6, 86.5, 81.0, None, 2.0)}
+# seed: (teacher %, student %, train s, student's s to target, teacher's s to target); seed 2 never reached it
+SEEDS = {0: (88.1, 86.1, 80.0, 3.0, 1.0), 1: (88.3, 85.9, 82.0, 5.0, 2.0), 2: (87.6, 86.5, 81.0, None, 2.0)}
+MAIN_COMMAND = "`python toy_mach.py --dataset fashion-mnist`"
+SHORT_COMMAND = "`python toy_mach.py --dataset fashion-mnist --iterations 100`"
+WIDE_COMMAND = "`python toy_mach.py --dataset fashion-mnist --width 2`"
 
 
 def write_run(results, label, seed, teacher, student, train, tta=None, figures=("curves.png", "b.png"),
-              extra=""):
+              extra="", headline=True):
     """A run folder as Run.finish writes it: config, summary with declared rows, figures."""
     folder = results / "toy_mach" / f"{label}-seed{seed}"
     folder.mkdir(parents=True)
@@ -38,7 +43,7 @@ def write_run(results, label, seed, teacher, student, train, tta=None, figures=(
                    {"name": "teacher", "metric": "test accuracy", "value": teacher, "unit": "%",
                     "headline": False, "reference": "97.87 % on MNIST (original)"},
                    {"name": "student", "metric": "test accuracy", "value": student, "unit": "%",
-                    "headline": True},
+                    "headline": headline},
                    {"name": "student", "metric": "own training seconds", "value": train / 2, "unit": "s",
                     "headline": False}]}}
     if tta:
@@ -55,12 +60,15 @@ def write_run(results, label, seed, teacher, student, train, tta=None, figures=(
 
 @pytest.fixture
 def tree(tmp_path):
-    """Three seeds of the defaults between two other commands' runs, a script, two READMEs."""
+    """Three seeds of the defaults, sorted between two other commands' single runs (each with a
+    time to target; the wide one's student is no headline row), a script, two READMEs."""
     results = tmp_path / "results"
     for seed, (teacher, student, train, seconds, base) in SEEDS.items():
         write_run(results, "defaults", seed, teacher, student, train, tta=(seconds, base))
-    write_run(results, "baseline", 0, 50.0, 40.0, 10.0, extra=" --iterations 100", figures=("s.png",))
-    write_run(results, "wide", 0, 60.0, 55.0, 20.0, extra=" --width 2", figures=())
+    write_run(results, "baseline", 0, 50.0, 40.0, 10.0, tta=(8.0, 2.0), extra=" --iterations 100",
+              figures=("s.png",))
+    write_run(results, "wide", 0, 60.0, 55.0, 20.0, tta=(None, 2.0), extra=" --width 2", figures=(),
+              headline=False)
     (tmp_path / "toy_mach.py").write_text('"""toy_mach.py: a toy idea,\nover two lines.\n\nMore."""\n')
     (tmp_path / "README.md").write_text(README)
     (tmp_path / "BENCH.md").write_text(BENCH)
@@ -82,48 +90,98 @@ def line_with(text, *parts):
 
 
 def mean_std(values, digits, unit):
+    """mean ± the sample standard deviation (n - 1), as the tables print it."""
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}{unit}"
+
+
+def column(index):
+    return [values[index] for values in SEEDS.values()]
 
 
 def block(text, name):
     return text.split(f"<!-- {name}:begin -->")[1].split(f"<!-- {name}:end -->")[0]
 
 
-def test_headline_row_sums_up_the_defaults_group(tree):
+def test_sample_std_over_seeds():
+    # the population std would print 0.29 and 0.25 here: the tables use n - 1
+    assert mean_std(column(0), 2, " %") == "88.00 ± 0.36 %" and mean_std(column(1), 2, " %") == "86.17 ± 0.31 %"
+    assert make_results.fmt(column(0), "%") == "88.00 ± 0.36 %"
+    assert make_results.fmt([2.5], "x") == "2.50x" and make_results.fmt([], "s") == "-"
+
+
+def test_headline_row_sums_up_the_main_group(tree):
     text = block(generate(tree)[0], "headline")
     row = line_with(text, "toy_mach.py")
-    teachers = [v[0] for v in SEEDS.values()]
-    students = [v[1] for v in SEEDS.values()]
     assert "| a toy idea, over two lines. |" in row  # the docstring's first paragraph, no name
-    assert f"student test accuracy {mean_std(students, 2, ' %')}" in row  # headline=True
+    assert f"student test accuracy {mean_std(column(1), 2, ' %')}" in row  # headline=True
     # the baseline's row of the same metric stands beside it; rows of other metrics do not
-    assert f"teacher (baseline) test accuracy {mean_std(teachers, 2, ' %')}" in row
-    assert "own training seconds" not in row  # nor the other commands' numbers
-    assert "50.00" not in row and "60.00" not in row and "55.00" not in row
-    assert f"| {statistics.fmean(v[2] for v in SEEDS.values()):.1f} s |" in row
-    assert "| 0, 1, 2 |" in row and "| test cpu |" in row
-    # time to target: seed 2 never reached it, so the ratio is over seeds 0 and 1 (3/1 and 6/2)
-    assert "student: 3.00 ± 0.00x (2 of 3) teacher's" in row
-    assert "95 %" in text and "stale" not in text
+    assert f"teacher (baseline) test accuracy {mean_std(column(0), 2, ' %')}" in row
+    assert "own training seconds" not in row  # nor the other commands' accuracies
+    assert "50.00" not in row and "40.00" not in row and "55.00" not in row
+    assert f"| {statistics.fmean(column(2)):.1f} s |" in row
+    assert "| 0, 1, 2 | test cpu |" in row
+    # time to target: the mean of each seed's ratio (3/1 and 5/2; seed 2 never reached it),
+    # not the ratio of the means (4/1.5), then the other commands' pairs whose method is a
+    # headline row there: the 100-iteration run's 8/2, not the wide run's (no headline row)
+    ratios = [3.0 / 1.0, 5.0 / 2.0]
+    assert row.endswith(f"| student: {mean_std(ratios, 2, 'x')} (2 of 3) teacher's<br>student: 4.00x teacher's |")
+    assert "not reached" not in row
+    assert "95 % of its baseline's final accuracy" in text and "stale" not in text
 
 
-def test_script_table_gives_every_declared_row_per_command(tree):
+def test_readme_shows_the_main_groups_table_and_the_others_time_to_target(tree):
     readme = generate(tree)[0]
     text = block(readme, "results:toy_mach")
-    teachers = [v[0] for v in SEEDS.values()]
-    first = line_with(text, "`python toy_mach.py --dataset fashion-mnist`", "test accuracy")
-    trains = [v[2] for v in SEEDS.values()]
-    assert f"| 0, 1, 2 | teacher | test accuracy | {mean_std(teachers, 2, ' %')} |" in first
-    assert f"| {statistics.fmean(trains):.1f} | {statistics.fmean(t + 2 for t in trains):.1f} |" in first
-    assert first.endswith("| 97.87 % on MNIST (original) |")
-    assert f"| student | own training seconds | {mean_std([t / 2 for t in trains], 1, ' s')} |" in text
-    short = line_with(text, "`python toy_mach.py --dataset fashion-mnist --iterations 100`")
-    assert "| 0 | teacher | test accuracy | 50.00 % | 10.0 | 12.0 |" in short  # one seed: no ±
-    assert text.count("test cpu") == 1  # hardware once, under the table
-    tta = line_with(text, "student vs teacher")
-    assert f"| {mean_std([3.0, 6.0], 1, ' s')} | {mean_std([1.0, 2.0, 2.0], 1, ' s')} |" in tta
-    assert "| 3.00 ± 0.00x | 2 of 3 |" in tta
+    trains = column(2)
+    assert line_with(text, ": seeds") == (f"{MAIN_COMMAND}: seeds 0, 1, 2, {statistics.fmean(trains):.1f} s "
+                                        f"training, {statistics.fmean(t + 2 for t in trains):.1f} s wall (mean)")
+    # a row per declared name, a column per metric, then time to target and the original
+    assert "|  | test accuracy | own training seconds | s to target | ÷ baseline's | original / paper |" in text
+    teacher = line_with(text, "| teacher |")
+    assert teacher == (f"| teacher | {mean_std(column(0), 2, ' %')} |  | {mean_std([1.0, 2.0, 2.0], 1, ' s')} |"
+                       "  | 97.87 % on MNIST (original) |")
+    student = line_with(text, "| student |")
+    assert student == (f"| student | {mean_std(column(1), 2, ' %')} | {mean_std([t / 2 for t in trains], 1, ' s')}"
+                       f" | {mean_std([3.0, 5.0], 1, ' s')} (2 of 3) | {mean_std([3.0, 2.5], 2, 'x')} |  |")
+    # only the main command's table: the others are in results/README.md
+    assert SHORT_COMMAND + ":" not in text and WIDE_COMMAND + ":" not in text
+    assert "50.00" not in text and "60.00" not in text
+    assert "[results/README.md](results/README.md#toy_mach)" in text
+    # ... but their time to target is, in a small table of its own
+    assert "Time to 95 % of the baseline's final accuracy in the other commands' runs:" in text
+    assert "| command | method vs baseline | method s | baseline s | ratio |" in text
+    assert f"| {SHORT_COMMAND} | student vs teacher | 8.0 s | 2.0 s | 4.00x |" in text
+    assert f"| {WIDE_COMMAND} | student vs teacher | not reached | 2.0 s | - |" in text
+    assert text.count("test cpu") == 1  # hardware once, under the tables
     assert "stale" not in readme and "text kept" in readme
+
+
+def test_results_readme_holds_every_groups_table(tree):
+    readme = generate(tree)[0]
+    text = (tree / "results" / "README.md").read_text()
+    assert text.startswith("# Every logged run, by script\n") and "\n## toy_mach\n" in text
+    # every command, in the order of its run folders, each with its own table
+    commands = [line.split(":")[0] for line in text.splitlines() if line.startswith("`python")]
+    assert commands == [SHORT_COMMAND, MAIN_COMMAND, WIDE_COMMAND]
+    assert "| teacher | 50.00 % |  | 2.0 s |  | 97.87 % on MNIST (original) |" in text  # one seed: no ±
+    assert "| student | 40.00 % | 5.0 s | 8.0 s | 4.00x |  |" in text
+    assert "| student | 55.00 % | 10.0 s | - (0 of 1) | - |  |" in text
+    # the main command's table is the README's, line for line
+    main_table = block(readme, "results:toy_mach").split("\n\nTime to")[0].strip()
+    assert main_table in text
+    assert text.count("Hardware: test cpu.") == 1 and "![" not in text and "stale" not in text
+
+
+def test_first_group_is_main_without_defaults(tree):
+    for folder in (tree / "results" / "toy_mach").glob("defaults-seed*"):
+        shutil.rmtree(folder)
+    readme = generate(tree)[0]
+    text = block(readme, "results:toy_mach")
+    assert line_with(text, ": seeds").startswith(f"{SHORT_COMMAND}: seeds 0, 10.0 s training")
+    assert f"| {WIDE_COMMAND} | student vs teacher |" in text and SHORT_COMMAND + " |" not in text
+    assert "(assets/toy_mach_baseline_s.png)" in text
+    row = line_with(block(readme, "headline"), "toy_mach.py")
+    assert "student test accuracy 40.00 %" in row and "teacher (baseline) test accuracy 50.00 %" in row
 
 
 def test_one_figure_shown_the_others_copied(tree):
@@ -133,7 +191,8 @@ def test_one_figure_shown_the_others_copied(tree):
         "toy_mach_baseline_s.png", "toy_mach_defaults_b.png", "toy_mach_defaults_curves.png"]
     # the lowest seed's file, not another seed's
     assert (assets / "toy_mach_defaults_curves.png").read_bytes() == b"defaults 0 curves.png"
-    assert text.count("![") == 1 and "(assets/toy_mach_defaults_curves.png)" in text
+    assert (assets / "toy_mach_baseline_s.png").read_bytes() == b"baseline 0 s.png"
+    assert text.count("![") == 1 and "![toy_mach defaults: curves.png](assets/toy_mach_defaults_curves.png)" in text
 
 
 def test_missing_block_is_one_line_and_writes_nothing(tree):
@@ -143,22 +202,30 @@ def test_missing_block_is_one_line_and_writes_nothing(tree):
     (tree / "NOBENCH.md").write_text("# nothing\n")
     with pytest.raises(cli.UserError, match="NOBENCH.md has no <!-- benchmarks:begin -->"):
         generate(tree, bench="NOBENCH.md")
-    assert (tree / "README.md").read_text() == README and not (tree / "assets").exists()
+    # a script's block is only found to be missing its end after the headline was made
+    (tree / "NOEND.md").write_text(README.replace("<!-- results:toy_mach:end -->", ""))
+    with pytest.raises(cli.UserError, match="NOEND.md has no <!-- results:toy_mach:begin -->"):
+        generate(tree, readme="NOEND.md")
+    assert (tree / "README.md").read_text() == README and (tree / "BENCH.md").read_text() == BENCH
+    assert (tree / "NOEND.md").read_text() == README.replace("<!-- results:toy_mach:end -->", "")
+    assert not (tree / "assets").exists() and not (tree / "results" / "README.md").exists()
     result = subprocess.run([sys.executable, "benchmarks/make_results.py", "--results",
                              str(tree / "results"), "--readme", str(tree / "NOHEAD.md"),
-                             "--benchmarks-readme", str(tree / "BENCH.md")],
+                             "--benchmarks-readme", str(tree / "BENCH.md"), "--assets", str(tree / "assets")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "make_results.py: error:" in result.stderr
+    assert "make_results.py: error:" in result.stderr and "headline:begin" in result.stderr
+    assert not (tree / "assets").exists() and not (tree / "results" / "README.md").exists()
 
 
 def test_running_twice_gives_the_same_files(tree):
     (tree / "results" / "benchmarks" / "b.json").write_text(json.dumps(
         {"benchmark": "b", "targets": [{"figure": "f", "value": 1.0, "target": ">= 1", "met": True}]}))
-    first = generate(tree)
+    first = generate(tree) + ((tree / "results" / "README.md").read_text(),)
     copies = {p.name: p.read_bytes() for p in (tree / "assets").iterdir()}
-    assert generate(tree) == first
+    assert generate(tree) + ((tree / "results" / "README.md").read_text(),) == first
     assert {p.name: p.read_bytes() for p in (tree / "assets").iterdir()} == copies
+    assert first[0].count("<!-- results:toy_mach:begin -->") == 1 and "| b | f | 1.0 | >= 1 | met |" in first[1]
 
 
 def test_targets_table_and_each_benchmarks_figures(tree):
