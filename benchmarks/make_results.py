@@ -1,12 +1,9 @@
-"""Write README.md's generated blocks, benchmarks/README.md's and results/README.md from what
-each run and benchmark declared, and copy the runs' figures into assets/. No number is typed
-by hand, and no script or benchmark is known here by name.
-
-Reads results/<script>/<run>/{summary,config}.json (runs are grouped by their command without
---seed and --out), results/benchmarks/<name>.json and each <script>.py's docstring (the idea).
-Rewrites the text between <!-- X:begin --> and <!-- X:end --> for X = headline and each
-results:<script> in README.md, and X = benchmarks in benchmarks/README.md.
-Usage: python benchmarks/make_results.py (--help names the files it reads and writes)
+"""Write README.md's generated blocks (<!-- X:begin --> ... <!-- X:end -->, X = headline and
+results:<script>), benchmarks/README.md's (X = benchmarks) and results/README.md from what each
+run and benchmark declared, and copy the runs' figures into assets/. No number is typed by
+hand; no script or benchmark is known here by name. Reads results/<script>/<run>/{summary,
+config}.json (grouped by command, --seed and --out left out), results/benchmarks/<name>.json
+and each <script>.py's docstring (its idea).    python benchmarks/make_results.py [--help]
 """
 import ast
 import json
@@ -52,10 +49,10 @@ def main_group(groups):
     return next((group for group in groups if group["label"] == "defaults"), groups[0])
 
 
-def fmt(values, unit):
-    """mean ± sample std of the values (no ± for one), in the unit's digits; '-' for none."""
+def fmt(values, unit, none="-"):
+    """mean ± sample std of the values (no ± for one), in the unit's digits; `none` for none."""
     if not values:
-        return "-"
+        return none
     digits = DIGITS.get(unit, 4)
     spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
     return f"{statistics.fmean(values):.{digits}f}{spread}{SUFFIX.get(unit, '')}"
@@ -113,6 +110,12 @@ def time_to_target(group):
                       for (method, baseline), times in seen.items()]
 
 
+def headline_pairs(group):
+    """time_to_target(group), keeping the pairs whose method is a headline row of the group."""
+    (fraction, pairs), named = time_to_target(group), {row["name"] for row in merged_rows(group) if row["headline"]}
+    return fraction, [pair for pair in pairs if pair["method"] in named]
+
+
 def idea(script, scripts):
     """The first paragraph of <script>.py's docstring, after "<script>.py: "."""
     path = Path(scripts) / f"{script}.py"
@@ -133,18 +136,14 @@ def headline_block(groups, scripts):
                    if row["headline"] or (row["name"] == baseline and row["metric"] in metrics)]
         times = []
         for other in [group, *(g for g in script_groups if g is not group)]:  # main first; others may hold pairs too
-            fraction, pairs = time_to_target(other)
-            named = {row["name"] for row in merged_rows(other) if row["headline"]}
+            fraction, pairs = headline_pairs(other)
             fractions |= {fraction} if pairs else set()
             times += [f"{p['method']}: " + (f"{fmt(p['ratios'], 'x')}{of(p['ratios'], p['n'])} {p['baseline']}'s"
-                                            if p["ratios"] else f"not reached{of(p['seconds'], p['n'])}")
-                      for p in pairs if p["method"] in named]
+                                            if p["ratios"] else f"not reached{of(p['seconds'], p['n'])}") for p in pairs]
         about = facts(group)
         rows.append([f"[`{script}.py`](#{script.replace('_', '')}py)", idea(script, scripts),
                      "<br>".join(results) or "-", f"{about['train']} s", about["seeds"],
                      about["hardware"], "<br>".join(times) or "-"])
-    if not rows:
-        return ["(no runs logged yet under results/)"]
     header = ["script", "idea", "headline result (mean ± std over seeds)", "training time", "seeds",
               "hardware", "time to target ÷ the baseline's"]
     if not fractions:
@@ -165,19 +164,20 @@ def group_table(group):
             cells[row["name"]]["original / paper"] = row["reference"]
     for p in pairs:  # the baseline's own time, and each method's with its ratio
         cells[p["baseline"]].setdefault("s to target", fmt(p["baseline_seconds"], "s"))
-        cells[p["method"]]["s to target"] = fmt(p["seconds"], "s") + of(p["seconds"], p["n"])
+        cells[p["method"]]["s to target"] = fmt(p["seconds"], "s", "not reached") + of(p["seconds"], p["n"])
         cells[p["method"]]["÷ baseline's"] = fmt(p["ratios"], "x")
     columns = list(dict.fromkeys(row["metric"] for row in merged)) + [  # then those filled above
         c for c in ("s to target", "÷ baseline's", "original / paper") if any(c in row for row in cells.values())]
-    lines = [f"`{group['command']}`: seeds {about['seeds']}, {about['train']} s training, "
-             f"{about['wall']} s wall (mean)", "",
-             *table(["", *columns], [[name, *(row.get(c, "") for c in columns)] for name, row in cells.items()]), ""]
-    return lines + ([f"s to target: training seconds until the test accuracy first reached {percent({fraction})} "
-                     "of the baseline's final accuracy, on each one's own clock.", ""] if pairs else [])
+    return [f"`{group['command']}`: seeds {about['seeds']}, {about['train']} s training, {about['wall']} s wall (mean)",
+            "", *table(["", *columns], [[name, *(row.get(c, "") for c in columns)] for name, row in cells.items()]), ""]
 
 
-def hardware(groups):
-    return f"Mean ± std over the seeds. Hardware: {'; '.join(sorted({facts(g)['hardware'] for g in groups}))}."
+def hardware(groups, shown):
+    """The closing line: what ± means, what *s to target* means if the shown groups have it, the hardware."""
+    fractions = {fraction for fraction, pairs in map(time_to_target, shown) if pairs}
+    target = (f" *s to target*: training seconds until the test accuracy first reached {percent(fractions)} "
+              "of the baseline's final accuracy, on each one's own clock." if fractions else "")
+    return f"Mean ± std over the seeds.{target} Hardware: {'; '.join(sorted({facts(g)['hardware'] for g in groups}))}."
 
 
 def figures(script, groups, assets):
@@ -193,17 +193,18 @@ def script_block(script, groups, found, readme_dir, every):
     file `every` (every group's table) and the main group's first figure among `found`."""
     main, link = main_group(groups), lambda path: Path(os.path.relpath(path, readme_dir)).as_posix()
     lines, elsewhere, fractions = group_table(main), [], set()
-    for group in groups:
-        fraction, pairs = time_to_target(group)
-        if group is not main and pairs:
-            fractions.add(fraction)
-            elsewhere += [[f"`{group['command']}`" if i == 0 else "", f"{p['method']} vs {p['baseline']}",
-                           *(fmt(p[k], "s") if p[k] else "not reached" for k in ("seconds", "baseline_seconds")),
-                           fmt(p["ratios"], "x")] for i, p in enumerate(pairs)]
+    for group in (g for g in groups if g is not main):  # their headline rows and times to target
+        fraction, pairs = headline_pairs(group)
+        fractions |= {fraction} if pairs else set()
+        picked = [[row["name"], row["metric"], row["text"]] for row in merged_rows(group) if row["headline"]]
+        picked += [[f"{p['method']} vs {p['baseline']}", f"s to {percent({fraction})} of {p['baseline']}'s final",
+                   " vs ".join(fmt(p[k], "s", "not reached") for k in ("seconds", "baseline_seconds"))
+                   + (f" = {fmt(p['ratios'], 'x')}" if p["ratios"] else "")] for p in pairs]
+        elsewhere += [[f"`{group['command']}`" if i == 0 else "", *row] for i, row in enumerate(picked)]
     if elsewhere:
-        lines += [f"Time to {percent(fractions)} of the baseline's final accuracy in the other commands' runs:",
-                  "", *table(["command", "method vs baseline", "method s", "baseline s", "ratio"], elsewhere), ""]
-    lines.append(hardware(groups) + (f" Every command's table: [{link(every)}]({link(every)}#{script})."
+        lines += ["The other commands' headline figures:", "",
+                  *table(["command", "", "", "mean ± std"], elsewhere), ""]
+    lines.append(hardware(groups, [main]) + (f" Every command's table: [{link(every)}]({link(every)}#{script})."
                                      if len(groups) > 1 else ""))
     shown = next(((name, copy) for group, name, _, copy in found if group is main), None)
     return lines + (["", f"![{script} {main['label']}: {shown[0]}]({link(shown[1])})"] if shown else [])
@@ -211,11 +212,11 @@ def script_block(script, groups, found, readme_dir, every):
 
 def every_block(groups):
     """results/README.md: every group's table, by script."""
-    lines = ["# Every logged run, by script", "", "Generated by `python benchmarks/make_results.py` from the run "
-             "folders beside this file; each command reproduces its table with the seeds listed.", ""]
+    lines = ["# Every logged run, by script", "", "Generated by `python benchmarks/make_results.py` from the run folders "
+             "beside this file; each command reproduces its table with the seeds listed.", ""]
     for script, script_groups in groups.items():
         lines += [f"## {script}", "", *(line for group in script_groups for line in group_table(group)),
-                  hardware(script_groups), ""]
+                  hardware(script_groups, script_groups), ""]
     return lines
 
 
@@ -228,8 +229,9 @@ def cell(value):
 
 def flatten(value, prefix=""):
     """(dotted key, value) pairs of nested dicts."""
-    return ([pair for key, inner in value.items() for pair in flatten(inner, f"{prefix}{key}.")]
-            if isinstance(value, dict) else [(prefix.rstrip("."), value)])
+    if not isinstance(value, dict):
+        return [(prefix.rstrip("."), value)]
+    return [pair for key, inner in value.items() for pair in flatten(inner, f"{prefix}{key}.")]
 
 
 def benchmarks_block(results):
@@ -265,10 +267,8 @@ def main(argv=None):
     parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=str(ROOT / "results"),
                         help="run folders (<script>/<run>/), benchmarks/*.json; its README.md gets every table")
-    parser.add_argument("--readme", default=str(ROOT / "README.md"),
-                        help="file whose headline and results:<script> blocks are rewritten")
-    parser.add_argument("--benchmarks-readme", default=str(ROOT / "benchmarks" / "README.md"),
-                        help="file whose benchmarks block is rewritten")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="its headline, results:<script> blocks")
+    parser.add_argument("--benchmarks-readme", default=str(ROOT / "benchmarks" / "README.md"), help="its benchmarks block")
     parser.add_argument("--assets", default=str(ROOT / "assets"), help="where the runs' figures are copied")
     parser.add_argument("--scripts", default=str(ROOT), help="folder of the <script>.py files (their ideas)")
     args = parser.parse_args(argv)
@@ -276,7 +276,7 @@ def main(argv=None):
         if not Path(path).is_file():
             raise cli.UserError(f"{path}: no such file; name it with --readme or --benchmarks-readme")
     groups, readme_path, bench_path = load_runs(args.results), Path(args.readme), Path(args.benchmarks_readme)
-    every = Path(args.results, "README.md")
+    every = Path(args.results, "README.md")  # every command's table
     found = {script: figures(script, script_groups, args.assets) for script, script_groups in groups.items()}
     # every block is found before anything (a README, a figure) is written
     bench = replace_block(bench_path.read_text(), "benchmarks", benchmarks_block(args.results),
