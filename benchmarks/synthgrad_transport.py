@@ -2,15 +2,15 @@
 
 1. Transport: one request/answer round trip of the array the input process
    sends the oracle (batch x 24 float32), between two processes on this
-   machine, (a) through synthgrad_demo.Channel (shared-memory tensors, slot
+   machine, (a) through common.shm_channel.Channel (shared-memory tensors, slot
    numbers on torch.multiprocessing queues) and (b) as JSON over HTTP on
-   127.0.0.1 (standard library http.server and urllib, as the seed did).
+   127.0.0.1 (standard library http.server and urllib, as the reference did).
    Prints microseconds per round trip and the ratio HTTP / Channel.
 2. Time to reach backprop's final test MSE, as a ratio to backprop's time,
    for synchronous DNI and for the three-process --async run (runs the
    script twice, same seed, and reads its summary.json).
 
-    flock /tmp/measure.lock python benchmarks/synthgrad_transport.py
+    python benchmarks/synthgrad_transport.py
 
 writes the numbers as JSON to --json (default results/benchmarks/synthgrad_transport.json).
 """
@@ -20,7 +20,6 @@ import os
 import queue
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -31,7 +30,8 @@ import torch.multiprocessing as mp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from common import cli  # noqa: E402
-from synthgrad_demo import Channel, build_parser  # noqa: E402
+from common.shm_channel import Channel  # noqa: E402
+from synthgrad_demo import build_parser, validate  # noqa: E402
 
 
 def channel_echo(ask, answer, stop):
@@ -64,7 +64,7 @@ def channel_round_trips(shape, n):
 
 
 class Echo(http.server.BaseHTTPRequestHandler):
-    """The seed's protocol in miniature: POST a JSON array, get a JSON array back."""
+    """The reference implementation's protocol in miniature: POST a JSON array, get one back."""
 
     def do_POST(self):
         array = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -123,6 +123,14 @@ def lumpy_ratios(seed, extra, runs_dir):
     return out
 
 
+def targets(results):
+    """The goal: three-process DNI reaches backprop's final test MSE within twice backprop's
+    time (met None when the lumpy runs were skipped)."""
+    ratio = results.get("time_ratio_to_backprop", {}).get("dni_async")
+    return [{"figure": "lumpy: async DNI time to backprop's final MSE ÷ backprop's",
+             "value": ratio, "target": "<= 2x", "met": None if ratio is None else ratio <= 2}]
+
+
 def main(argv=None):
     parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=cli.positive_int, default=100, help="rows of the 24-wide array sent")
@@ -132,11 +140,16 @@ def main(argv=None):
     parser.add_argument("--json", "--out", dest="out", default="results/benchmarks/synthgrad_transport.json",
                         help="JSON file to write (the two lumpy run folders go beside it)")
     args, extra = parser.parse_known_args(argv)   # other flags go to synthgrad_demo.py
-    if not args.skip_training:
-        build_parser().parse_args(["--task", "lumpy", *extra])  # a bad one stops us before any work
+    for mode in ([], ["--async"]) if not args.skip_training else ():  # a bad one stops us before any work
+        try:
+            validate(build_parser().parse_args(["--task", "lumpy", *mode, *extra]))
+        except cli.UserError as error:
+            parser.error(f"synthgrad_demo.py flags: {error}")
     channel = channel_round_trips((args.batch_size, 24), args.messages)
     http = http_round_trips((args.batch_size, 24), max(200, args.messages // 4))
-    results = {"array": [args.batch_size, 24], "channel_us_per_round_trip": round(channel * 1e6, 1),
+    from common.run_folder import hardware
+    results = {"benchmark": "synthgrad_transport", "hardware": hardware(torch.device("cpu")),
+               "array": [args.batch_size, 24], "channel_us_per_round_trip": round(channel * 1e6, 1),
                "json_http_us_per_round_trip": round(http * 1e6, 1),
                "http_over_channel": round(http / channel, 2), "cpu_threads": torch.get_num_threads(),
                "cpus": os.cpu_count(), "torch": torch.__version__}
@@ -157,6 +170,7 @@ def main(argv=None):
         print("time to backprop's final test MSE, as a ratio to backprop's time (None: not reached):")
         for name, ratio in results["time_ratio_to_backprop"].items():
             print(f"  {name:<10} {ratio}")
+    results["targets"] = targets(results)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

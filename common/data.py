@@ -1,5 +1,6 @@
 """The MNIST family as device tensors, served as shuffled minibatches by slicing,
-and caches of what a frozen part of a model computes from them.
+caches of what a frozen part of a model computes from them, and the lumpy
+function of the numpy synthetic-gradient reference implementation.
 
 Each split is read once into one normalised float tensor on the chosen
 device; a training batch is `x[indices]`, with no per-sample DataLoader or
@@ -215,3 +216,26 @@ class LazyCache:
             self.store[missing] = self.fn(missing)
             self.filled[missing] = True
         return self.store[index]
+
+
+def lumpy_function(points):
+    """The numpy "synthetic-gradient" reference implementation's target, f: [-1, 1]^2 -> R,
+    for points (N, 2) -> (N, 1). With r = |(x, y)|, theta = atan2(y, x), k = 0.3 (sin theta + 1):
+
+        f = k sin(4 r^2 - r / 4) + (1 - k) / 2 (sin 2 theta sin theta + cos 6 (theta + 0.1))
+    """
+    x, y = points[:, 0], points[:, 1]
+    r, theta = torch.sqrt(x ** 2 + y ** 2), torch.atan2(y, x)
+    a, b = torch.sin(4 * r ** 2 - 0.25 * r), torch.sin(2 * theta) * torch.sin(theta)
+    c = torch.cos(6 * (theta + 0.1))
+    k = 0.3 * (torch.sin(theta) + 1)
+    return (k * a + (1 - k) / 2 * b + (1 - k) / 2 * c).unsqueeze(1)
+
+
+def lumpy_data(seed, n_train=200_000, n_test=20_000):
+    """(train_x, train_y, test_x, test_y): points drawn uniformly from [-1, 1]^2 (a CPU generator
+    seeded with `seed`) and lumpy_function of them."""
+    generator = torch.Generator().manual_seed(seed)
+    train_x = torch.rand(n_train, 2, generator=generator) * 2 - 1
+    test_x = torch.rand(n_test, 2, generator=generator) * 2 - 1
+    return train_x, lumpy_function(train_x), test_x, lumpy_function(test_x)

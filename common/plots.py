@@ -5,13 +5,16 @@
 overlays the test-accuracy curves of several runs (one line per run and
 component), against iteration and against training seconds. The scripts
 call `plot_run` (curves.png of a run folder), `plot_series` (any lines
-against a clock) and `plot_images` (a grid of pictures).
+against a clock; `series_by` groups logged rows into such lines),
+`plot_images` (a grid of pictures) and `plot_surfaces` (a target function
+of two variables beside snapshots of learned ones).
 """
 import argparse
 import csv
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")  # headless: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -89,6 +92,17 @@ def plot_series(out, series, xlabel, ylabel, logy=False, title=None):
     return out
 
 
+def series_by(rows, key, x, y):
+    """Logged rows (dicts) as plot_series' {value of `key`: (xs, ys)}: one line per value."""
+    series = {}
+    for row in rows:
+        if row.get(key) is not None:
+            xs, ys = series.setdefault(row[key], ([], []))
+            xs.append(row[x])
+            ys.append(row[y])
+    return series
+
+
 def plot_images(out, grid, extent=(-1, 1, -1, 1), vmin=-1, vmax=1):
     """A grid of pictures: grid = [[(title, 2-D array), ...], ...], one list per row."""
     columns = max(len(row) for row in grid)
@@ -104,6 +118,26 @@ def plot_images(out, grid, extent=(-1, 1, -1, 1), vmin=-1, vmax=1):
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+@torch.no_grad()
+def plot_surfaces(out, target, snapshots, moments=4, resolution=121):
+    """Functions on [-1, 1]^2 as pictures, one row per label: the target beside the label's
+    snapshots at `moments` evenly spaced points of its list. snapshots = {label: [(seconds, fn),
+    ...]}; target and each fn map (N, 2) points to N values (a function or a module)."""
+    ticks = torch.linspace(-1, 1, resolution)
+    points = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), -1).reshape(-1, 2)
+
+    def picture(fn):
+        return fn(points).reshape(resolution, resolution).numpy()
+
+    grid = []
+    for label, history in snapshots.items():
+        last = len(history) - 1
+        picks = sorted({round(i * last / (moments - 1)) for i in range(moments)}) if history else []
+        grid.append([("target", picture(target))]
+                    + [(f"{label}, {history[i][0]:.1f} s", picture(history[i][1])) for i in picks])
+    return plot_images(out, grid)
 
 
 def main(argv=None):

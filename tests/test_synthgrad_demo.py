@@ -1,6 +1,6 @@
 """synthgrad_demo.py: the DNI update against backprop, the gradient modules, the
-lumpy target, smoke runs of both tasks and of --async, a killed worker, Ctrl-C,
-and bad flags."""
+lumpy target, the shared-memory channel, smoke runs of both tasks and of --async,
+a killed worker, a diverged --async run, Ctrl-C, and bad flags."""
 import copy
 import math
 import os
@@ -11,9 +11,13 @@ import time
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import synthgrad_demo as sg
+from common import cli
+from common.data import lumpy_function
+from common.shm_channel import Channel
 from conftest import ROOT, ctrl_c_reaches_child, read_run, run_script
 
 
@@ -44,7 +48,7 @@ def test_perfect_synthetic_gradient_reproduces_backprop_update():
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in [*blocks, head]]
     sg.dni_step(blocks, head, F.cross_entropy, optimizers, x, y, oracle)
     bp_optimizer = torch.optim.SGD([*bp_blocks.parameters(), *bp_head.parameters()], lr=0.1)
-    sg.backprop_step(bp_blocks, bp_head, F.cross_entropy, bp_optimizer, x, y)
+    sg.backprop_step(torch.nn.Sequential(*bp_blocks, bp_head), F.cross_entropy, bp_optimizer, x, y)
 
     after = dict(blocks.state_dict()) | {"head." + k: v for k, v in head.state_dict().items()}
     reference = dict(bp_blocks.state_dict()) | {"head." + k: v for k, v in bp_head.state_dict().items()}
@@ -55,7 +59,7 @@ def test_perfect_synthetic_gradient_reproduces_backprop_update():
     assert len(moved) == 7   # 3 Linear + 3 BatchNorm + head: the step really moved them
 
 
-def test_synthetic_module_targets_are_what_the_layer_above_sends_back():
+def test_synthetic_module_targets_are_what_the_layer_above_sends_back(monkeypatch):
     """M_{i-1}'s regression target is g_i^T dh_i/dh_{i-1}; with true g_i that is the true dL/dh_{i-1}."""
     torch.manual_seed(1)
     blocks, head = sg.mnist_net(12, 8, 2, 10)
@@ -78,11 +82,8 @@ def test_synthetic_module_targets_are_what_the_layer_above_sends_back():
     def synthetic(i, h, labels):
         predicted[i] = synth[i](h, labels)
         return true[i] if i == 1 else predicted[i]   # layer 2 gets the true gradient
-    original, sg.F.mse_loss = sg.F.mse_loss, spy
-    try:
-        sg.dni_step(blocks, head, F.cross_entropy, optimizers, x, y, synthetic, synth_optimizer)
-    finally:
-        sg.F.mse_loss = original
+    monkeypatch.setattr(sg.F, "mse_loss", spy)   # undone after the test, however it ends
+    sg.dni_step(blocks, head, F.cross_entropy, optimizers, x, y, synthetic, synth_optimizer)
     torch.testing.assert_close(seen["targets"][0], true[0], atol=1e-6, rtol=1e-5)  # from layer 2
     torch.testing.assert_close(seen["targets"][1], true[1], atol=1e-6, rtol=1e-5)  # from the loss
 
@@ -111,15 +112,15 @@ def test_lumpy_target_matches_hand_computed_values():
         # (-0.5, 0.5): r sqrt(1/2), theta 3pi/4, b -sqrt(1/2), c cos(pi/2 + 0.6) = -sin 0.6
         0.3 * (s2 + 1) * math.sin(2 - 0.25 * s2) + (1 - 0.3 * (s2 + 1)) / 2 * (-s2 - math.sin(0.6)),
     ]
-    got = sg.lumpy(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-0.5, 0.5]], dtype=torch.float64))
+    got = lumpy_function(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-0.5, 0.5]], dtype=torch.float64))
     assert got.shape == (3, 1)
     for value, want in zip(got[:, 0].tolist(), expected):
         assert value == pytest.approx(want, abs=1e-12)
 
 
 def test_channel_is_bounded_and_drops_when_full():
-    ctx = sg.mp.get_context("spawn")
-    channel = sg.Channel(ctx, 2, (3,))
+    ctx = mp.get_context("spawn")
+    channel = Channel(ctx, 2, (3,))
     # mp.Queue hands items over through a feeder thread: give the first sends a moment.
     assert channel.send(torch.ones(3), timeout=1) and channel.send(2 * torch.ones(3), timeout=1)
     assert not channel.send(3 * torch.ones(3), timeout=0.05)   # full: dropped, not queued
@@ -133,22 +134,61 @@ def test_mnist_smoke(tiny_data, tmp_path):
                         "--threads", 1, "--iterations", 6, "--eval-every", 3, "--batch-size", 32,
                         "--width", 16, "--sg-hidden", 16, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
-    _, summary, rows = read_run(tmp_path)
-    assert summary["status"] == "completed"
-    assert set(summary["test_accuracy"]) == {"backprop", "dni", "cdni"}
-    assert set(summary["seconds_per_method"]) == {"backprop", "dni", "cdni"}
+    config, summary, rows = read_run(tmp_path)
+    methods = {"backprop", "dni", "cdni"}
+    assert summary["status"] == "completed" and config["dataset"] == "mnist"
+    assert set(summary["test_accuracy"]) == methods and set(summary["seconds_per_method"]) == methods
     assert len(rows) == 2 and {"cos/dni/h3", "cos/cdni/h1"} <= set(rows[0])
     assert "acc backprop" in result.stdout and "cos/cdni/h3" in result.stdout
+    # the own clocks in the summary are the last logged ones
+    assert all(summary["seconds_per_method"][m] == float(rows[-1][f"sec/{m}"]) for m in methods)
+    declared = {(r["name"], r["metric"]): r for r in summary["results"]["rows"]}
+    assert {(m, "own training seconds") for m in methods} | {(m, "test accuracy") for m in methods} \
+        == set(declared)
+    assert all("Jaderberg" in declared[(m, "test accuracy")]["reference"] for m in methods)
+    # time to 95 % of backprop's final accuracy, recomputed by hand from metrics.csv
+    target = 0.95 * float(rows[-1]["acc/backprop"])
+    first = {m: next((float(r[f"sec/{m}"]) for r in rows if float(r[f"acc/{m}"]) >= target), None)
+             for m in methods}
+    pairs = summary["time_to_target"]["pairs"]
+    assert [(p["method"], p["baseline"]) for p in pairs] == [("dni", "backprop"), ("cdni", "backprop")]
+    assert all(p["seconds"] == first[p["method"]] and p["baseline_seconds"] == first["backprop"]
+               for p in pairs)
+    assert summary["results"]["baseline"] == "backprop"
 
 
 def test_lumpy_sync_smoke(tmp_path):
-    result = run_script("synthgrad_demo.py", "--task", "lumpy", "--threads", 1, "--iterations", 300,
-                        "--eval-every", 100, "--max-time-ratio", 1, "--out", tmp_path)
+    """Backprop's target and seconds, and DNI's seconds to reach it, against metrics.csv."""
+    result = run_script("synthgrad_demo.py", "--task", "lumpy", "--threads", 1, "--iterations", 100,
+                        "--eval-every", 50, "--max-time-ratio", 100, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
-    _, summary, _ = read_run(tmp_path)
+    config, summary, rows = read_run(tmp_path)
     assert set(summary["test_mse"]) == {"backprop", "dni"}
-    assert all(math.isfinite(v) for v in summary["test_mse"].values())
-    assert summary["time_ratio_to_backprop"]["backprop"] == 1.0
+    assert config["device_used"] == "cpu" and summary["dataset"] == "lumpy" and config["dataset"] is None
+    backprop = [r for r in rows if r["method"] == "backprop"]
+    dni = [r for r in rows if r["method"] == "dni"]
+    target, bp_seconds = float(backprop[-1]["test_mse"]), float(backprop[-1]["method_seconds"])
+    assert int(backprop[-1]["iteration"]) == 100 and summary["test_mse"]["backprop"] == target
+    assert summary["seconds_to_target"]["backprop"] == pytest.approx(bp_seconds, abs=1e-3)
+    # DNI stops at its first measurement at or below backprop's final MSE
+    assert [float(r["test_mse"]) <= target for r in dni] == [False] * (len(dni) - 1) + [True]
+    reached = float(dni[-1]["method_seconds"])
+    assert summary["seconds_to_target"]["dni"] == pytest.approx(reached, abs=1e-3)
+    assert summary["time_ratio_to_backprop"]["dni"] == pytest.approx(reached / bp_seconds, rel=0.02)
+    declared = {(r["name"], r["metric"]): r["value"] for r in summary["results"]["rows"]}
+    assert declared[("dni", "time to backprop's final MSE, ÷ backprop's")] \
+        == summary["time_ratio_to_backprop"]["dni"]
+    assert declared[("backprop", "test MSE")] == pytest.approx(target, abs=1e-6)
+    assert summary["results"]["baseline"] == "backprop"
+
+
+def test_lumpy_records_the_cpu_it_runs_on(tmp_path, monkeypatch):
+    """Where --device auto picks a GPU, the lumpy task still runs, and says it runs, on the CPU."""
+    monkeypatch.setattr(cli, "resolve_device", lambda spec: torch.device("cuda"))
+    sg.main(["--task", "lumpy", "--method", "backprop", "--iterations", "20", "--eval-every", "10",
+             "--out", str(tmp_path)])
+    config, summary, _ = read_run(tmp_path)
+    assert config["device_used"] == "cpu" and summary["device"] == "cpu"
 
 
 def test_lumpy_async_smoke(tmp_path):
@@ -161,8 +201,8 @@ def test_lumpy_async_smoke(tmp_path):
     assert set(summary["test_mse"]) == {"backprop", "dni_async"}
     async_rows = [r for r in rows if r["method"] == "dni_async"]
     assert async_rows and int(async_rows[-1]["iteration"]) > 0 and int(async_rows[-1]["output_steps"]) > 0
-    for pid in [int(w.split()[-1]) for w in result.stdout.split("processes: ")[1].splitlines()[0].split(", ")]:
-        assert gone(pid)
+    started = result.stdout.split("processes: ")[1].splitlines()[0].split(", ")
+    assert all(gone(int(w.split()[-1])) for w in started)
 
 
 def start_async(tmp_path):
@@ -207,6 +247,17 @@ def test_ctrl_c_stops_all_three(tmp_path):
     assert summary["status"] == "interrupted"
 
 
+def test_diverged_async_run_says_diverged(tmp_path):
+    """An oracle learning at an absurd rate poisons layer 1: NaN test MSE, status diverged, exit 1."""
+    result = run_script("synthgrad_demo.py", "--task", "lumpy", "--async", "--threads", 1,
+                        "--iterations", 100, "--eval-every", 100, "--sg-lr", 1e30, "--max-time-ratio", 1000,
+                        "--eval-seconds", 0.1, "--out", tmp_path, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "diverged" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    _, summary, rows = read_run(tmp_path)
+    assert summary["status"] == "diverged" and math.isnan(float(rows[-1]["test_mse"]))
+
+
 # ----------------------------------------------------------------------------- bad flags
 @pytest.mark.parametrize("flags, message", [
     (["--layers", "0"], "--layers: expected a positive integer, got 0"),
@@ -215,10 +266,23 @@ def test_ctrl_c_stops_all_three(tmp_path):
     (["--task", "lumpy", "--method", "cdni"], "--method cdni: the lumpy task has no label"),
     (["--async"], "--async: only the lumpy task runs as three processes; add --task lumpy"),
     (["--task", "lumpy", "--async", "--method", "backprop"], "--async --method backprop"),
+    (["--task", "lumpy", "--dataset", "mnist"], "--dataset mnist: the lumpy task makes its own data"),
+    (["--task", "lumpy", "--device", "cuda"], "--device cuda: the lumpy task runs on the CPU"),
 ])
 def test_bad_flags(flags, message, tmp_path, capsys):
+    out = tmp_path / "run"
     with pytest.raises(SystemExit) as stop:
-        sg.main([*flags, "--out", str(tmp_path)])
+        sg.main([*flags, "--out", str(out)])
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_refused_run_creates_nothing(tmp_path):
+    out = tmp_path / "X"
+    result = run_script("synthgrad_demo.py", "--task", "mnist", "--async", "--out", out)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "synthgrad_demo.py: error: --async: only the lumpy task runs as three processes; add --task lumpy"]
+    assert not out.exists()
