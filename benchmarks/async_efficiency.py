@@ -17,7 +17,7 @@ Parts (--parts, all by default):
               over its rate with a normal child (goal: >= 0.80).
   latency     final accuracy against --latency-ms at a fixed number of steps.
 
-    flock /tmp/measure.lock python benchmarks/async_efficiency.py --plot
+    python benchmarks/async_efficiency.py --plot     # alone on the machine: it times things
 """
 import csv
 import json
