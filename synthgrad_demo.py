@@ -181,12 +181,13 @@ def true_gradients(blocks, head, loss_fn, x, y):
     return [g * len(x) for g in grads], [h.detach() for h in hs]
 
 
-def gradient_cosines(blocks, head, loss_fn, synth, x, y):
-    """cos(M_i(h_i), dL/dh_i) per layer, over the whole batch flattened."""
+def gradient_quality(blocks, head, loss_fn, synth, x, y):
+    """Per layer, over the whole batch flattened: {"cos": cos(M_i(h_i), dL/dh_i),
+    "ratio": |M_i(h_i)| / |dL/dh_i|}. A module that died predicts a constant: both near 0."""
     grads, hs = true_gradients(blocks, head, loss_fn, x, y)
     with torch.no_grad():
-        return [F.cosine_similarity(m(h, y).flatten(), g.flatten(), dim=0).item()
-                for m, h, g in zip(synth, hs, grads)]
+        return [{"cos": F.cosine_similarity(m(h, y).flatten(), g.flatten(), dim=0).item(),
+                 "ratio": (m(h, y).norm() / g.norm()).item()} for m, h, g in zip(synth, hs, grads)]
 
 
 class Learner:
@@ -235,8 +236,9 @@ def run_mnist(args, device, methods):
                             accuracy[l.method] = evaluate(l.net, data.test_x, data.test_y)[1]
                         extra[f"sec/{l.method}"] = round(l.clock.seconds, 2)
                         if l.method != "backprop":
-                            cos = gradient_cosines(l.blocks, l.head, F.cross_entropy, l.synth, x, y)
-                            extra.update({f"cos/{l.method}/h{i + 1}": round(c, 3) for i, c in enumerate(cos)})
+                            quality = gradient_quality(l.blocks, l.head, F.cross_entropy, l.synth, x, y)
+                            extra.update({f"{k}/{l.method}/h{i + 1}": round(v, 3)
+                                          for i, layer in enumerate(quality) for k, v in layer.items()})
                 run.log(step, batches.epoch, accuracy=accuracy, losses=losses, extra=extra)
                 run.summary["seconds_per_method"] = {l.method: round(l.clock.seconds, 2) for l in learners}
 

@@ -88,6 +88,36 @@ def test_synthetic_module_targets_are_what_the_layer_above_sends_back(monkeypatc
     torch.testing.assert_close(seen["targets"][1], true[1], atol=1e-6, rtol=1e-5)  # from the loss
 
 
+def test_one_regression_step_lowers_the_module_loss():
+    """A gradient module learns from the targets it is given: one SGD step on a fixed batch
+    lowers its loss by about what the first-order expansion predicts, lr * |grad|^2."""
+    torch.manual_seed(0)
+    module = sg.SyntheticGradient(8, [16, 16])
+    h, target = torch.rand(32, 8), 0.1 * torch.randn(32, 8)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+    before = F.mse_loss(module(h), target)
+    optimizer.zero_grad()
+    before.backward()
+    predicted_drop = 0.5 * sum(p.grad.pow(2).sum() for p in module.parameters()).item()
+    optimizer.step()
+    drop = before.item() - F.mse_loss(module(h), target).item()
+    assert predicted_drop > 0 and 0.8 * predicted_drop < drop < 1.2 * predicted_drop
+
+
+def test_gradient_quality_of_an_exact_and_of_a_dead_module():
+    """cos and norm ratio against autograd's dL/dh: 1 and 1 for the true gradient, 0 for a dead one."""
+    torch.manual_seed(2)
+    blocks, head = sg.mnist_net(12, 8, 2, 10)
+    x, y = torch.randn(16, 12), torch.randint(0, 10, (16,))
+    true, hs = sg.true_gradients(blocks, head, F.cross_entropy, x, y)
+    exact = [lambda h, labels, g=g: g for g in true]
+    for layer in sg.gradient_quality(blocks, head, F.cross_entropy, exact, x, y):
+        assert abs(layer["cos"] - 1) < 1e-5 and abs(layer["ratio"] - 1) < 1e-5
+    dead = torch.nn.ModuleList(sg.SyntheticGradient(8, [8]) for _ in blocks)   # zero last layer
+    assert all(layer == {"cos": 0.0, "ratio": 0.0}
+               for layer in sg.gradient_quality(blocks, head, F.cross_entropy, dead, x, y))
+
+
 def test_cdni_depends_on_label_and_dni_does_not():
     torch.manual_seed(2)
     h = torch.randn(6, 8)
