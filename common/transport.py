@@ -9,9 +9,12 @@ Two planes:
     A message is a small dict of numbers, lists and tensors.
       - ThreadTransport: one bounded queue.Queue per component;
       - GlooTransport: torch.distributed point-to-point over gloo. A message
-        is pickled into a uint8 tensor and sent as (length, bytes) to the
+        is encoded into a uint8 tensor and sent as (length, bytes) to the
         destination rank; a receiver thread waits for the next message from
         any rank, with a timeout, and puts it into the same kind of queue.
+        The encoding is data only (see `encode`): nothing that arrives from
+        the network is ever unpickled or executed; a payload that does not
+        parse is counted and dropped.
   * a board (the control plane): a small key-value store where components
     post their progress reports, failures and the stop signal. Threads use a
     dict; processes use torch.distributed's TCPStore (the rendezvous store).
@@ -24,7 +27,8 @@ like TCP, which the shutdown handshake relies on).
 import datetime
 import heapq
 import itertools
-import pickle
+import json
+import math
 import queue
 import random
 import socket
@@ -92,23 +96,73 @@ def connect_store(host, port, is_master, timeout_s):
 
 
 # -- encoding -----------------------------------------------------------------
-def _to_wire(message):
-    return {k: (("tensor", v.detach().cpu().numpy()) if torch.is_tensor(v) else v)
-            for k, v in message.items()}
+# The wire format: a 4-byte big-endian header length, a JSON header
+#   {"fields": {name: str | int | float | bool | None}, "tensors": [[name, dtype, shape], ...]}
+# then each tensor's raw bytes, in that order. JSON holds data only, so a payload
+# can be malformed but never executable; decode checks every size before using it.
+WIRE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64,
+               "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
+MAX_HEADER_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 256 * 2**20   # far above any message of the protocol; a safety bound
 
 
-def _from_wire(message):
-    return {k: (torch.from_numpy(v[1]) if isinstance(v, tuple) and len(v) == 2
-                and v[0] == "tensor" else v) for k, v in message.items()}
+class BadMessage(ValueError):
+    """A payload that is not a well-formed message: counted and dropped by the receiver."""
 
 
 def encode(message):
-    return torch.frombuffer(bytearray(pickle.dumps(_to_wire(message), protocol=5)),
-                            dtype=torch.uint8)
+    """dict of JSON scalars and tensors -> uint8 tensor (header length, header, tensor bytes)."""
+    fields, specs, blobs = {}, [], []
+    for name, value in message.items():
+        if torch.is_tensor(value):
+            tensor = value.detach().cpu().contiguous()
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            if dtype not in WIRE_DTYPES:
+                raise TypeError(f"{name}: tensors of {tensor.dtype} do not travel; use one of {list(WIRE_DTYPES)}")
+            specs.append([name, dtype, list(tensor.shape)])
+            blobs.append(tensor.reshape(-1).view(torch.uint8))
+        elif value is None or isinstance(value, (str, int, float, bool)):
+            fields[name] = value
+        else:
+            raise TypeError(f"{name}: a {type(value).__name__} does not travel; send numbers, strings or tensors")
+    header = json.dumps({"fields": fields, "tensors": specs}).encode()
+    prefix = torch.frombuffer(bytearray(len(header).to_bytes(4, "big") + header), dtype=torch.uint8)
+    return torch.cat([prefix, *blobs])
 
 
 def decode(payload):
-    return _from_wire(pickle.loads(payload.numpy().tobytes()))
+    """The inverse of encode; raises BadMessage for anything that is not a well-formed message."""
+    data = payload.numpy().tobytes()
+    size = int.from_bytes(data[:4], "big") if len(data) >= 4 else -1
+    if not 0 < size <= min(MAX_HEADER_BYTES, len(data) - 4):
+        raise BadMessage(f"header length {size} does not fit a {len(data)}-byte payload")
+    try:
+        header = json.loads(data[4:4 + size])
+        fields, specs = header["fields"], header["tensors"]
+        if not isinstance(fields, dict) or not isinstance(specs, list):
+            raise TypeError("fields must be an object, tensors a list")
+        message = {}
+        for name, value in fields.items():
+            if not (value is None or isinstance(value, (str, int, float, bool))):
+                raise TypeError(f"field {name} is not a number or a string")
+            message[name] = value
+        offset = 4 + size
+        for name, dtype, shape in specs:
+            if not (isinstance(name, str) and dtype in WIRE_DTYPES and isinstance(shape, list)
+                    and all(isinstance(n, int) and n >= 0 for n in shape)):
+                raise TypeError(f"tensor {name!r}: bad dtype or shape")
+            kind = WIRE_DTYPES[dtype]
+            nbytes = math.prod(shape) * torch.empty(0, dtype=kind).element_size()
+            if offset + nbytes > len(data):
+                raise TypeError(f"tensor {name}: {nbytes} bytes announced, {len(data) - offset} left")
+            raw = bytearray(data[offset:offset + nbytes])
+            message[name] = (torch.frombuffer(raw, dtype=kind) if nbytes else torch.empty(0, dtype=kind)).reshape(shape)
+            offset += nbytes
+    except (ValueError, TypeError, KeyError) as error:   # json's errors are ValueErrors
+        raise BadMessage(f"malformed message: {error}") from None
+    if offset != len(data):
+        raise BadMessage(f"{len(data) - offset} bytes after the last tensor")
+    return message
 
 
 # -- the delay line shared by both transports ---------------------------------
@@ -200,7 +254,7 @@ class GlooTransport:
                                 timeout=datetime.timedelta(seconds=max(timeout_s, 30)))
         self.inbox = _Inbox(latency_s, jitter_s, seed * 1000 + rank)
         self.send_lock = threading.Lock()
-        self.error = None
+        self.error, self.bad_messages = None, 0
         self.last_kind, self.finals_left = last  # (kind, count): stop after these
         self.receiver = threading.Thread(target=self._receive_loop, daemon=True,
                                          name=f"receiver-{rank}")
@@ -217,10 +271,17 @@ class GlooTransport:
                 except RuntimeError:
                     raise PeerFailure(f"no message from any neighbour for {self.timeout_s:g} s "
                                       "(a peer died or the network is down)") from None
-                src = work._source_rank()
-                payload = torch.empty(int(length), dtype=torch.uint8)
+                src, size = work._source_rank(), int(length)
+                if not 0 < size <= MAX_MESSAGE_BYTES:  # its bytes could not be taken in: the link is broken
+                    raise PeerFailure(f"rank {src} announced a message of {size} bytes "
+                                      f"(limit {MAX_MESSAGE_BYTES}); is something else on this port?")
+                payload = torch.empty(size, dtype=torch.uint8)
                 self.dist.irecv(payload, src=src).wait(wait)
-                message = decode(payload)
+                try:
+                    message = dict(decode(payload), src=src)   # the sender is who gloo says it is
+                except BadMessage:
+                    self.bad_messages += 1
+                    continue
                 self.inbox.put(message)
                 if message.get("kind") == self.last_kind:
                     self.finals_left -= 1
