@@ -339,6 +339,7 @@ class Worker:
         began = time.perf_counter()
         _, self.accuracy = evaluate(self.model.predict, self.data.test_x, self.data.test_y)
         self.stats["eval_seconds"] += time.perf_counter() - began
+        self.stats["evaluations"] += 1  # so the monitor logs each accuracy once, when it is new
 
     def progress(self):  # what the runtime's monitor reports and sums
         return dict(self.stats, learn_steps=self.version, epoch=self.stream.epoch,

@@ -50,8 +50,10 @@ def draw(runs, out, title=None):
                 continue
             name = f"{label} {column[4:]}".strip()
             clock = metrics.get(f"sec/{column[4:]}", metrics["train_seconds"])
-            by_step.plot(metrics["iteration"], metrics[column], label=name)
-            by_time.plot(clock, metrics[column], label=name)
+            # rows where this method was not measured have no value: skip them, don't break the line
+            points = [(i, t, a) for i, t, a in zip(metrics["iteration"], clock, metrics[column]) if a == a]
+            by_step.plot([p[0] for p in points], [p[2] for p in points], label=name)
+            by_time.plot([p[1] for p in points], [p[2] for p in points], label=name)
     for axis, xlabel in ((by_step, "iteration"), (by_time, "training seconds (own clock)")):
         axis.set_xlabel(xlabel)
         axis.set_ylabel("test accuracy")

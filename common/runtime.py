@@ -192,7 +192,7 @@ class Pulse:
 
 
 COUNTED = ("steps", "sent", "received", "staleness_sum", "staleness_n", "queue_max",
-           "spikes_skipped", "grads_lost", "ce", "distill", "eval_seconds")
+           "spikes_skipped", "grads_lost", "ce", "distill", "eval_seconds", "evaluations")
 
 
 def post_report(board, rank, progress, **fields):
@@ -219,7 +219,7 @@ def run_worker(worker):
 def monitor(run, board, K, log_seconds, alive=None):
     """Log one merged line every log_seconds until every component has finished."""
     last_t, last_msgs, last_stale = time.perf_counter(), 0, (0, 0)
-    reports = {}
+    reports, seen = {}, {}  # seen: evaluations already logged, per component
     while True:
         deadline = last_t + log_seconds
         finished = [f"finished/{i}" for i in range(K)]
@@ -246,8 +246,11 @@ def monitor(run, board, K, log_seconds, alive=None):
                      "queue": sum(r["queue"] for r in reports.values()),
                      "drops": sum(r["drops"] for r in reports.values())}
         last_t, last_msgs, last_stale = now, msgs, stale
+        # Only accuracies measured since the last line: a component that evaluates rarely
+        # leaves its cell empty rather than repeat an old number as if it were current.
         accuracy = {f"component_{i}": r["accuracy"] for i, r in sorted(reports.items())
-                    if r["accuracy"] is not None}
+                    if r["accuracy"] is not None and r["evaluations"] > seen.get(i, 0)}
+        seen.update({i: r["evaluations"] for i, r in reports.items()})
         epoch = sum(r["epoch"] for r in reports.values()) / max(1, len(reports))
         steps = sum(r["steps"] for r in reports.values())
         ce = [r["ce"] for r in reports.values() if r["ce"]]

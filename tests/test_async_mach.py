@@ -262,3 +262,18 @@ def test_torchrun_world_size_must_match_components(tiny_data, tmp_path, capsys, 
                  *map(str, tiny(tiny_data, tmp_path / "run"))])
     assert exit_.value.code == 2
     assert "--components 3 but torchrun started 2 ranks" in capsys.readouterr().err
+
+
+def test_an_accuracy_is_logged_once_when_it_is_measured_not_repeated(tiny_data, tmp_path):
+    """Components that evaluate only at the start and at the end leave the merged lines in
+    between without an accuracy, instead of repeating the step-0 number as if it were current."""
+    out = tmp_path / "run"
+    result = run_script(SCRIPT, *tiny(tiny_data, out, "--components", "2", "--seconds", "3",
+                                      "--eval-every", "100000", "--log-seconds", "0.3"))
+    assert result.returncode == 0, result.stderr
+    _, summary, rows = read_run(out)
+    assert len(rows) >= 4   # several merged lines over 3 s
+    for name in ("component_0", "component_1"):
+        measured = [row[f"acc/{name}"] for row in rows if row.get(f"acc/{name}")]
+        assert len(measured) == 2   # step 0 and the final evaluation, each logged once
+        assert float(measured[-1]) == pytest.approx(summary["test_accuracy"][name], abs=1e-5)
