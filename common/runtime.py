@@ -18,7 +18,10 @@ workers talk:
 
     report/<rank>    the worker's progress, JSON (below), every fraction of a second
     finished/<rank>  the worker's run() returned: it has left
-    failed           "component_<rank>: <error>", posted here when a worker raised
+    failed           "component_<rank>: <error> (traceback in <run folder>/component_<rank>.log)",
+                     posted when a worker raised: the cause of a failed run
+    lost/<rank>      "component_<rank>: <which neighbour went silent>": a symptom; the monitor
+                     waits LOST_GRACE_S for a cause (a failure, a dead process) before naming it
     stop             the run is over (a failure, Ctrl-C, or the end): every loop leaves
 
 A report (post_report) holds the COUNTED figures (steps, messages sent and
@@ -28,8 +31,11 @@ before the first evaluation), queue, drops, seconds and finished. The
 monitor merges the reports into one logged line every --log-seconds and
 into the summary's per-component figures.
 
-A failed run ends with ComponentFailed (a worker raised, or a process died)
-or common.transport.PeerFailure, both cli.RunFailed: one line, exit 1.
+A failed run ends with ComponentFailed (a worker raised, its process died, or
+a neighbour went silent with no other cause found), a cli.RunFailed: one
+line on the terminal, exit 1; tracebacks (and, for processes, everything the
+component wrote on stderr, gloo's C++ frames included) go to
+<run folder>/component_<rank>.log, which the line names.
 The flags of this module (--backend, --seconds, --log-seconds, the simulated
 network, --peer-timeout, the rendezvous address, and the test flags hidden
 from --help) are added by `add_arguments` and checked by `validate`.
@@ -41,6 +47,8 @@ import signal
 import sys
 import threading
 import time
+import traceback
+from pathlib import Path
 
 import torch
 
@@ -58,6 +66,7 @@ class ComponentFailed(cli.RunFailed):
 
 
 HEARTBEAT_S = 0.5      # a component tells its neighbours it is alive this often
+LOST_GRACE_S = 2.0     # a silent neighbour is reported; this long to learn why before naming it
 REPORT_S = 0.5         # and posts its progress on the board this often
 
 
@@ -201,18 +210,33 @@ def post_report(board, rank, progress, **fields):
     board.set(f"report/{rank}", json.dumps(report))
 
 
+def component_log(args, rank):
+    """Where component <rank>'s tracebacks (and, for a process, its stderr) go: the run
+    folder (made here too on a host whose rank 0 runs elsewhere)."""
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return Path(args.out) / f"component_{rank}.log"
+
+
 def run_worker(worker):
-    """Run one worker; True when it finished. A failure is posted on the board
-    under the component's name, so the monitor can stop the others and name it."""
+    """Run one worker; True when it finished. A failure is posted on the board under the
+    component's name, its traceback in its log, so the monitor can stop the others and name it;
+    a neighbour gone silent is posted as `lost`: a symptom, whose cause the monitor looks for."""
     try:
         worker.run()
         worker.board.set(f"finished/{worker.rank}", "1")
         return True
     except Stopped:
         return False
+    except PeerFailure as error:
+        worker.board.set(f"lost/{worker.rank}", f"component_{worker.rank}: {error}")
+        return False
     except BaseException as error:
-        worker.board.set("failed", f"component_{worker.rank}: {type(error).__name__}: {error}")
-        raise
+        log = component_log(worker.args, worker.rank)
+        with open(log, "a") as f:
+            traceback.print_exc(file=f)
+        worker.board.set("failed", f"component_{worker.rank}: {type(error).__name__}: {error} "
+                                   f"(traceback in {log})")
+        return False
 
 
 # ============================================================================ the monitor
@@ -220,6 +244,7 @@ def monitor(run, board, K, log_seconds, alive=None):
     """Log one merged line every log_seconds until every component has finished."""
     last_t, last_msgs, last_stale = time.perf_counter(), 0, (0, 0)
     reports, seen = {}, {}  # seen: evaluations already logged, per component
+    lost_since = None
     while True:
         deadline = last_t + log_seconds
         finished = [f"finished/{i}" for i in range(K)]
@@ -230,6 +255,11 @@ def monitor(run, board, K, log_seconds, alive=None):
                     alive()
                 if board.check(["failed"]):
                     raise ComponentFailed(board.get("failed").decode())
+                lost = [i for i in range(K) if board.check([f"lost/{i}"])]
+                if lost and lost_since is None:
+                    lost_since = time.perf_counter()
+                if lost and time.perf_counter() - lost_since > LOST_GRACE_S:  # no other cause came
+                    raise ComponentFailed(board.get(f"lost/{lost[0]}").decode())
                 time.sleep(0.05)
         except ComponentFailed as error:
             failure = error  # log what the reports say so far, then stop the run
@@ -312,6 +342,8 @@ def gloo_transport(store, rank, args, farewells):
 def process_worker(rank, args, make_worker, farewells, load, port):
     """A spawned process: one component, gloo point-to-point to its neighbours."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher stops us, not the terminal
+    log = open(component_log(args, rank), "a")  # everything on stderr, C++ included, goes there
+    os.dup2(log.fileno(), 2)
     code = 0
     try:
         torch.set_num_threads(args.threads or 1)
@@ -324,9 +356,7 @@ def process_worker(rank, args, make_worker, farewells, load, port):
             transport.close()
     except BaseException:
         code = 1
-        if not isinstance(sys.exc_info()[1], PeerFailure):
-            import traceback
-            traceback.print_exc()
+        traceback.print_exc()   # into the component's log
     sys.stdout.flush(), sys.stderr.flush()
     os._exit(code)  # the receiver thread may sit in gloo; do not wait for it
 

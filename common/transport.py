@@ -291,8 +291,11 @@ class GlooTransport:
     def send(self, dst, message):
         payload = encode(dict(message, src=self.rank))
         with self.send_lock:  # length and bytes must not interleave with another send
-            self.dist.send(torch.tensor([payload.numel()], dtype=torch.int64), dst=dst)
-            self.dist.send(payload, dst=dst)
+            try:
+                self.dist.send(torch.tensor([payload.numel()], dtype=torch.int64), dst=dst)
+                self.dist.send(payload, dst=dst)
+            except RuntimeError as error:  # the link broke: the peer is the likely cause, not us
+                raise PeerFailure(f"sending to rank {dst} failed ({str(error).splitlines()[0][:120]})") from None
 
     def receive(self, timeout=0.0):
         message = self.inbox.get(timeout)
