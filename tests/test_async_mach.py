@@ -148,6 +148,10 @@ def test_a_raising_component_fails_the_run_and_is_named(tiny_data, tmp_path):
     assert "failed: component_1" in result.stderr
     _, summary, _ = read_run(out)
     assert summary["status"] == "failed" and "component_1" in summary["error"]
+    # one line on the terminal; the traceback is in the log the line names
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    log = out / "component_1.log"
+    assert str(log) in result.stderr and "failing on purpose" in log.read_text()
 
 
 def test_a_killed_process_ends_the_run_and_leaves_nothing_behind(tiny_data, tmp_path):
