@@ -54,7 +54,7 @@ import torch
 
 from common import cli
 from common.transport import (DictBoard, GlooTransport, PeerFailure, ThreadTransport,
-                              connect_store, free_port)
+                              connect_store, free_port, interface_towards)
 
 
 class Stopped(Exception):
@@ -333,6 +333,11 @@ def run_threads(run, args, make_worker, data, device):
 
 
 def gloo_transport(store, rank, args, farewells):
+    # gloo listens on the interface that routes to the master (GLOO_SOCKET_IFNAME overrides):
+    # its own choice, the host name's address, is 127.0.0.1 on many machines.
+    master = os.environ.get("MASTER_ADDR", args.master_addr) if args.backend == "torchrun" else args.master_addr
+    if "GLOO_SOCKET_IFNAME" not in os.environ and (interface := interface_towards(master)):
+        os.environ["GLOO_SOCKET_IFNAME"] = interface
     kind, counts = farewells  # after its neighbours' last messages the receiver thread ends
     return GlooTransport(torch.distributed.PrefixStore("pg/", store), rank, args.components,
                          args.peer_timeout, (kind, counts[rank]), args.latency_ms / 1000,

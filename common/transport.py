@@ -46,6 +46,31 @@ class PeerFailure(RunFailed):
     """A neighbour went silent or its link broke: the run failed (one line, exit 1)."""
 
 
+def interface_towards(address):
+    """The local network interface whose address routes to `address` (IPv4), or None.
+
+    gloo picks its interface from the host name, which many machines resolve to
+    127.0.0.1: a rank on another host then cannot reach it. The route to the
+    master is the interface the other hosts can reach us on.
+    """
+    import fcntl
+    import struct
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((socket.gethostbyname(address), 9))   # UDP: picks a route, sends nothing
+            local = probe.getsockname()[0]
+            for _, name in socket.if_nameindex():
+                request = struct.pack("256s", name[:15].encode())
+                try:   # SIOCGIFADDR: the interface's IPv4 address
+                    if socket.inet_ntoa(fcntl.ioctl(probe.fileno(), 0x8915, request)[20:24]) == local:
+                        return name
+                except OSError:
+                    continue
+    except OSError:
+        return None
+    return None
+
+
 def free_port(host="127.0.0.1"):
     """A TCP port that is free on `host` now (bind to port 0 and ask)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
