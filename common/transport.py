@@ -71,6 +71,10 @@ def interface_towards(address):
     return None
 
 
+def _first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+
+
 def free_port(host="127.0.0.1"):
     """A TCP port that is free on `host` now (bind to port 0 and ask)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -110,7 +114,11 @@ def connect_store(host, port, is_master, timeout_s):
     """
     timeout = datetime.timedelta(seconds=timeout_s)
     if not is_master:
-        return torch.distributed.TCPStore(host, port, is_master=False, timeout=timeout)
+        try:
+            return torch.distributed.TCPStore(host, port, is_master=False, timeout=timeout)
+        except (RuntimeError, TimeoutError) as error:   # c10d's DistNetworkError is a RuntimeError
+            raise PeerFailure(f"cannot reach the rendezvous store at {host}:{port} within {timeout_s:g} s "
+                              f"({_first_line(error)}); is the master up and reachable?") from None
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, port))
@@ -275,8 +283,14 @@ class GlooTransport:
                  seed=0):
         import torch.distributed as dist
         self.dist, self.rank, self.timeout_s = dist, rank, timeout_s
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=max(timeout_s, 30)))
+        bound = max(timeout_s, 30)
+        try:
+            dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
+                                    timeout=datetime.timedelta(seconds=bound))
+        except (RuntimeError, TimeoutError) as error:
+            raise PeerFailure(f"rank {rank}: the {world_size} ranks did not all join within {bound:g} s "
+                              f"({_first_line(error)}); are the others started, and can they reach "
+                              "this host?") from None
         self.inbox = _Inbox(latency_s, jitter_s, seed * 1000 + rank)
         self.send_lock = threading.Lock()
         self.error, self.bad_messages = None, 0
@@ -320,7 +334,7 @@ class GlooTransport:
                 self.dist.send(torch.tensor([payload.numel()], dtype=torch.int64), dst=dst)
                 self.dist.send(payload, dst=dst)
             except RuntimeError as error:  # the link broke: the peer is the likely cause, not us
-                raise PeerFailure(f"sending to rank {dst} failed ({str(error).splitlines()[0][:120]})") from None
+                raise PeerFailure(f"sending to rank {dst} failed ({_first_line(error)})") from None
 
     def receive(self, timeout=0.0):
         message = self.inbox.get(timeout)
