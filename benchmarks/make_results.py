@@ -141,7 +141,7 @@ def headline_block(groups, scripts):
             times += [f"{p['method']}: " + (f"{fmt(p['ratios'], 'x')}{of(p['ratios'], p['n'])} {p['baseline']}'s"
                                             if p["ratios"] else f"not reached{of(p['seconds'], p['n'])}") for p in pairs]
         about = facts(group)
-        rows.append([f"[`{script}.py`](#{script.replace('_', '')}py)", idea(script, scripts),
+        rows.append([f"[`{script}.py`](#{script}py)", idea(script, scripts),
                      "<br>".join(results) or "-", f"{about['train']} s", about["seeds"],
                      about["hardware"], "<br>".join(times) or "-"])
     header = ["script", "idea", "headline result (mean ± std over seeds)", "training time", "seeds",
