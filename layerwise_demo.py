@@ -57,7 +57,8 @@ from torch import nn
 from common import cli
 from common.data import Batches, LazyCache, MemoryBudget, load_data
 from common.models import BLOCK_MODELS, make_optimizer
-from common.run_folder import RaceCurve, Run, draw_race
+from common.plots import draw_race
+from common.run_folder import RaceCurve, Run
 
 STRATEGIES = ("backprop", "backprop-sgd", "submodel", "decoupled", "maxdiff", "kl", "staged")
 GREEDY = ("submodel", "maxdiff", "kl", "staged")

@@ -156,7 +156,7 @@ def headline_block(groups, scripts):
 def group_table(group):
     """The command, its seeds and seconds, then a row per declared name: a column per metric,
     its seconds to target and ratio where measured, and the original's figure where given."""
-    about, (fraction, pairs), merged = facts(group), time_to_target(group), merged_rows(group)
+    about, (_, pairs), merged = facts(group), time_to_target(group), merged_rows(group)
     cells = defaultdict(dict)
     for row in merged:
         cells[row["name"]][row["metric"]] = row["text"]

@@ -37,6 +37,21 @@ def _numeric(rows, column):
         return False
 
 
+def _save(fig, out, dpi):
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
+def _label(axis, xlabel, ylabel, legend=True):
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    if legend and axis.lines:
+        axis.legend(fontsize=8)
+
+
 def draw(runs, out, title=None):
     """runs: [(label, metrics dict)]. Two panels: accuracy vs iteration and vs seconds.
 
@@ -54,18 +69,11 @@ def draw(runs, out, title=None):
             points = [(i, t, a) for i, t, a in zip(metrics["iteration"], clock, metrics[column]) if a == a]
             by_step.plot([p[0] for p in points], [p[2] for p in points], label=name)
             by_time.plot([p[1] for p in points], [p[2] for p in points], label=name)
-    for axis, xlabel in ((by_step, "iteration"), (by_time, "training seconds (own clock)")):
-        axis.set_xlabel(xlabel)
-        axis.set_ylabel("test accuracy")
-        axis.grid(alpha=0.3)
-    if by_time.lines:
-        by_time.legend(fontsize=8)
+    _label(by_step, "iteration", "test accuracy", legend=False)
+    _label(by_time, "training seconds (own clock)", "test accuracy")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out, dpi=120)
 
 
 def plot_run(run_dir, title=None):
@@ -80,18 +88,12 @@ def plot_series(out, series, xlabel, ylabel, logy=False, title=None):
     for label, (xs, ys) in series.items():
         if len(xs):
             axis.plot(xs, ys, marker="." if len(xs) < 60 else None, label=label)
-    axis.set_xlabel(xlabel)
-    axis.set_ylabel(ylabel)
     if logy:
         axis.set_yscale("log")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    _label(axis, xlabel, ylabel)
     if title:
         axis.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out, dpi=120)
 
 
 def series_by(rows, key, x, y):
@@ -116,10 +118,7 @@ def plot_images(out, grid, extent=(-1, 1, -1, 1), vmin=-1, vmax=1):
         for axis in axis_row:
             axis.set_xticks([])
             axis.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out, dpi=90)
 
 
 @torch.no_grad()
@@ -140,6 +139,16 @@ def plot_surfaces(out, target, snapshots, moments=4, resolution=121):
         grid.append([("target", picture(target))]
                     + [(f"{label}, {history[i][0]:.1f} s", picture(history[i][1])) for i in picks])
     return plot_images(out, grid)
+
+
+def draw_race(folder, curves, xlabel, note=""):
+    """loss_vs_time.png and accuracy_vs_time.png: each RaceCurve's points against its
+    own clock; `note` says what the points were measured on."""
+    for column, what, filename, logy in ((1, "test loss", "loss_vs_time.png", True),
+                                         (2, "test accuracy", "accuracy_vs_time.png", False)):
+        series = {c.name: ([p[0] for p in c.points], [p[column] for p in c.points])
+                  for c in curves}
+        plot_series(Path(folder) / filename, series, xlabel, f"{what}{note}", logy=logy)
 
 
 def main(argv=None):

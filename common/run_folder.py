@@ -313,7 +313,7 @@ def _fmt(value):
 
 
 # -- A race: methods trained one after another, each on its own clock --------------
-# Added for layerwise_demo.py; nothing above depends on it.
+# (layerwise_demo.py's clock; its figure is common.plots.draw_race)
 
 class RaceCurve:
     """One method's turn in a race of methods trained one after another on the same
@@ -407,14 +407,3 @@ class RaceCurve:
                      accuracy={self.name: accuracy} if curve else None,
                      losses={"test": loss}, extra=extra)
         return loss, accuracy
-
-
-def draw_race(folder, curves, xlabel, note=""):
-    """loss_vs_time.png and accuracy_vs_time.png: each RaceCurve's points against its
-    own clock; `note` says what the points were measured on."""
-    from common.plots import plot_series
-    for column, what, filename, logy in ((1, "test loss", "loss_vs_time.png", True),
-                                         (2, "test accuracy", "accuracy_vs_time.png", False)):
-        series = {c.name: ([p[0] for p in c.points], [p[column] for p in c.points])
-                  for c in curves}
-        plot_series(Path(folder) / filename, series, xlabel, f"{what}{note}", logy=logy)
