@@ -215,7 +215,7 @@ class Worker:
         if dst in self.bye_sent:
             return  # it has said goodbye to us, or we to it: nothing more on this link
         self.net.send(dst, message)
-        self.stats["sent"] += 1
+        self.stats["sent"] += message["kind"] != "beat"   # msg/s counts work, not heartbeats
 
     def spike(self, ids, depth, **purpose):
         children = [c for c in self.children if c not in self.bye_sent]
@@ -351,7 +351,7 @@ class Worker:
         while True:
             pulse(quiet=self.bye_from)  # who said bye may fall silent
             for m in pulse.due(self.net, idle=self.done_sent or self.waiting):
-                self.stats["received"] += 1
+                self.stats["received"] += m["kind"] != "beat"
                 self.handle(m)
             if not self.done_sent and not self.waiting:
                 steps = self.stats["steps"]
@@ -377,6 +377,7 @@ class Worker:
 # ============================================================================ main
 def main(argv=None):
     args, device = cli.setup(build_parser(), "async_mach", argv, validate=validate)
+    device = runtime.local_device(args, device)   # torchrun: cuda follows LOCAL_RANK
     K = args.components
     # the last message a component gets from each neighbour is its "bye"
     farewells = ("bye", [len(family(r, K, args.topology)[2]) for r in range(K)])

@@ -107,6 +107,18 @@ def series_by(rows, key, x, y):
     return series
 
 
+def series_columns(rows, x, prefix):
+    """Every column named prefix + label as plot_series' {label: (xs, ys)}, skipping empty cells."""
+    series = {}
+    for row in rows:
+        for column, value in row.items():
+            if column.startswith(prefix) and value is not None and value != "":
+                xs, ys = series.setdefault(column[len(prefix):], ([], []))
+                xs.append(row[x])
+                ys.append(value)
+    return series
+
+
 def plot_images(out, grid, extent=(-1, 1, -1, 1), vmin=-1, vmax=1):
     """A grid of pictures: grid = [[(title, 2-D array), ...], ...], one list per row."""
     columns = max(len(row) for row in grid)

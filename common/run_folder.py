@@ -146,6 +146,8 @@ class Run:
         # --plot draws this at the end: curves.png by default; a script whose curves need
         # another clock or other panels puts its own `draw(folder)` here.
         self.draw = None
+        # Components that train on their own (async_mach) report their training time here.
+        self.own_train_seconds = None
         self.progress = tqdm(total=total, disable=not sys.stdout.isatty(), leave=False,
                              dynamic_ncols=True, desc=script)
         self.start = time.perf_counter()
@@ -155,6 +157,8 @@ class Run:
         return time.perf_counter() - self.start
 
     def train_seconds(self):
+        if self.own_train_seconds is not None:   # components that keep their own clocks
+            return self.own_train_seconds
         return self.elapsed() - self.eval_seconds
 
     @contextmanager

@@ -123,6 +123,14 @@ def rank(args):
     return int(os.environ["RANK"]) if args.backend == "torchrun" else 0
 
 
+def local_device(args, device):
+    """Under torchrun, a bare --device cuda means this rank's own GPU, cuda:LOCAL_RANK
+    (modulo the GPUs there are), not GPU 0 for every rank of a host."""
+    if args.backend != "torchrun" or device.type != "cuda" or device.index is not None:
+        return device
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+
+
 def launch(run, args, make_worker, farewells, device, data=None, load=None):
     """Run the --components workers on --backend until all have finished.
 
@@ -310,6 +318,9 @@ def summarise(run, reports, stale):
     run.summary["messages_per_second"] = round(sum(r["received"] for r in reports.values()) / seconds, 1)
     run.summary["steps_per_second"] = round(sum(r["steps"] for r in reports.values()) / seconds, 2)
     run.summary["mean_staleness"] = round(stale[0] / max(1, stale[1]), 3)
+    # Training time: the longest component's own clock less its evaluations (which the
+    # components run themselves, outside the run's evaluating()).
+    run.own_train_seconds = max((r["seconds"] - r["eval_seconds"] for r in reports.values()), default=0.0)
 
 
 # ============================================================================ backends

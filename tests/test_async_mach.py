@@ -1,6 +1,7 @@
 """async_mach.py and its runtime (common/runtime.py): the backends run, faults end
 the run cleanly, a slow child does not hold its parent back, bad flags are refused
 before anything is written, and a delayed gradient with no delay is backprop's."""
+import argparse
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from conftest import ROOT, ctrl_c_reaches_child, read_run, run_script
 
 import async_mach as am
+from common import runtime
 
 SCRIPT = "async_mach.py"
 
@@ -122,6 +124,21 @@ def test_backends_run_and_learn(tiny_data, tmp_path, extra):
         assert c["steps"] == 30 and c["messages_received"] > 0
     assert "msg/s" in rows[-1] and "stale" in rows[-1]
     assert " msg/s " in result.stdout
+    # training time is the longest component's own clock (less its evaluations), not the
+    # wall time since the run folder was made (which includes starting everything up)
+    longest = max(c["seconds"] for c in summary["components"].values())
+    assert 0 < summary["train_seconds"] <= longest < summary["wall_seconds"]
+
+
+def test_torchrun_cuda_follows_local_rank(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    args = argparse.Namespace(backend="torchrun")
+    assert runtime.local_device(args, torch.device("cuda")) == torch.device("cuda", 1)
+    assert runtime.local_device(args, torch.device("cuda", 0)) == torch.device("cuda", 0)  # asked for
+    assert runtime.local_device(args, torch.device("cpu")) == torch.device("cpu")
+    args.backend = "process"
+    assert runtime.local_device(args, torch.device("cuda")) == torch.device("cuda")
 
 
 def test_torchrun_two_ranks(tiny_data, tmp_path):

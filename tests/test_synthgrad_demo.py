@@ -118,6 +118,26 @@ def test_gradient_quality_of_an_exact_and_of_a_dead_module():
                for layer in sg.gradient_quality(blocks, head, F.cross_entropy, dead, x, y))
 
 
+def test_first_layer_of_a_dni_net_learns_at_the_scaled_rate():
+    """--first-lr-scale slows layer 1 only, and only DNI's (cDNI's linear modules keep up)."""
+    args = sg.build_parser().parse_args(["--lr", "1e-3", "--first-lr-scale", "0.1", "--sg-lr", "1e-2"])
+    blocks, head = sg.mnist_net(8, 4, 3, 3)
+    synth = torch.nn.ModuleList(sg.SyntheticGradient(4, [4]) for _ in blocks)
+    dni = sg.Learner("dni", blocks, head, synth, F.cross_entropy, "adam", args, torch.device("cpu"))
+    rates = [o.param_groups[0]["lr"] for o in dni.optimizers]   # layers 1, 2, 3, head
+    assert rates == pytest.approx([1e-4, 1e-3, 1e-3, 1e-3])
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    before = [p.detach().clone() for p in blocks.parameters()]
+    for _ in range(8):   # modules start at zero: M_1 speaks once M_2 and M_3 have
+        dni.step(x, y)
+    moved = [(p - b).abs().max().item() for p, b in zip(blocks.parameters(), before)]
+    first, second = moved[0], moved[4]   # layer 1's weight, layer 2's weight
+    assert 0 < first < 0.3 * second
+    cdni = sg.Learner("cdni", blocks, head, synth, F.cross_entropy, "adam", args, torch.device("cpu"))
+    assert [o.param_groups[0]["lr"] for o in cdni.optimizers] == pytest.approx([1e-3] * 4)  # sees y
+
+
 def test_cdni_depends_on_label_and_dni_does_not():
     torch.manual_seed(2)
     h = torch.randn(6, 8)
@@ -162,10 +182,12 @@ def test_channel_is_bounded_and_drops_when_full():
 def test_mnist_smoke(tiny_data, tmp_path):
     result = run_script("synthgrad_demo.py", "--dataset", "mnist", "--data-dir", tiny_data,
                         "--threads", 1, "--iterations", 6, "--eval-every", 3, "--batch-size", 32,
-                        "--width", 16, "--sg-hidden", 16, "--out", tmp_path)
+                        "--width", 16, "--sg-hidden", 16, "--out", tmp_path, "--plot")
     assert result.returncode == 0, result.stderr
     config, summary, rows = read_run(tmp_path)
     methods = {"backprop", "dni", "cdni"}
+    # --plot: the accuracy curves, and each module's cosine and norm ratio beside them
+    assert {"curves.png", "gradient_cos.png", "gradient_ratio.png"} <= set(summary["results"]["figures"])
     assert summary["status"] == "completed" and config["dataset"] == "mnist"
     assert set(summary["test_accuracy"]) == methods and set(summary["seconds_per_method"]) == methods
     assert len(rows) == 2 and {"cos/dni/h3", "cos/cdni/h1"} <= set(rows[0])
@@ -298,6 +320,7 @@ def test_diverged_async_run_says_diverged(tmp_path):
     (["--task", "lumpy", "--async", "--method", "backprop"], "--async --method backprop"),
     (["--task", "lumpy", "--dataset", "mnist"], "--dataset mnist: the lumpy task makes its own data"),
     (["--task", "lumpy", "--device", "cuda"], "--device cuda: the lumpy task runs on the CPU"),
+    (["--task", "lumpy", "--first-lr-scale", "0.1"], "--first-lr-scale: the lumpy task's one DNI layer"),
 ])
 def test_bad_flags(flags, message, tmp_path, capsys):
     out = tmp_path / "run"
