@@ -8,6 +8,7 @@ The exit policy (`run_script`), the same for every script and benchmark:
     interrupted     Ctrl-C       exit 130  `<script>: interrupted ...`
     diverged        Diverged     exit 1    `<script>: diverged: <loss> ... Try a lower --lr.`
     failed run      RunFailed    exit 1    `<script>: failed: <who died and how> ...`
+    terminated      SIGTERM      exit 1    `<script>: failed: terminated by SIGTERM ...`
 
 each as one line on stderr, without a traceback. Scripts raise these and
 never catch them; the run folder (common/run_folder.py) records the status
@@ -18,6 +19,7 @@ nothing. Any other exception is a bug and keeps its traceback.
 import argparse
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -184,6 +186,7 @@ def seed_everything(seed):
 def run_script(main):
     """Call main() under the exit policy above: one line on stderr, the exit code."""
     prog = os.path.basename(sys.argv[0])
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
     except UserError as error:
@@ -194,6 +197,13 @@ def run_script(main):
         _leave(f"{prog}: diverged: {error}. Try a lower --lr.", 1)
     except RunFailed as error:
         _leave(f"{prog}: failed: {error}", 1)
+
+
+def _terminated(signum, frame):
+    # torchrun (or a batch system) ends the other ranks this way when one has failed: the
+    # run folder records it as failed and keeps what was measured.
+    raise RunFailed("terminated by SIGTERM (torchrun sends it to every rank when one fails; "
+                    "its report names the one that did)")
 
 
 def _leave(line, code):

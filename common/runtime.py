@@ -85,6 +85,8 @@ def add_arguments(parser):
                      help="extra uniform random delay, 0 to this, per message")
     run.add_argument("--peer-timeout", type=cli.positive_float, default=6.0,
                      help="seconds of silence after which a neighbour is declared dead")
+    run.add_argument("--join-timeout", type=cli.positive_float, default=30.0,
+                     help="seconds a process waits for the rendezvous store and for every rank to join")
     run.add_argument("--master-addr", default="127.0.0.1",
                      help="process backend: address of the rendezvous store")
     run.add_argument("--master-port", type=cli.nonnegative_int, default=0,
@@ -352,7 +354,7 @@ def gloo_transport(store, rank, args, farewells):
     kind, counts = farewells  # after its neighbours' last messages the receiver thread ends
     return GlooTransport(torch.distributed.PrefixStore("pg/", store), rank, args.components,
                          args.peer_timeout, (kind, counts[rank]), args.latency_ms / 1000,
-                         args.jitter_ms / 1000, args.seed)
+                         args.jitter_ms / 1000, args.seed, join_timeout_s=args.join_timeout)
 
 
 def process_worker(rank, args, make_worker, farewells, load, port):
@@ -365,7 +367,7 @@ def process_worker(rank, args, make_worker, farewells, load, port):
         torch.set_num_threads(args.threads or 1)
         device = cli.resolve_device(args.device)
         data = load(device)
-        store = connect_store(args.master_addr, port, False, args.peer_timeout + 30)
+        store = connect_store(args.master_addr, port, False, args.join_timeout)
         board = torch.distributed.PrefixStore("board/", store)
         transport = gloo_transport(store, rank, args, farewells)
         if run_worker(make_worker(rank, data, transport, board, device)):
@@ -381,7 +383,7 @@ def run_processes(run, args, make_worker, farewells, load):
     """One spawned process per component; each loads its own data with load(device)."""
     import torch.multiprocessing as mp
     port = args.master_port or free_port(args.master_addr)
-    store = connect_store(args.master_addr, port, True, args.peer_timeout + 30)
+    store = connect_store(args.master_addr, port, True, args.join_timeout)
     board = torch.distributed.PrefixStore("board/", store)
     context = mp.get_context("spawn")
     procs = [context.Process(target=process_worker, name=f"component_{i}",
@@ -413,18 +415,18 @@ def run_processes(run, args, make_worker, farewells, load):
                 p.join()
 
 
-def torchrun_store(rank):
+def torchrun_store(rank, join_timeout_s):
     """The store torchrun set up: its agent's store, or one rank 0 hosts (as env:// does)."""
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     use_agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = connect_store(host, port, rank == 0 and not use_agent, 60)
+    store = connect_store(host, port, rank == 0 and not use_agent, join_timeout_s)
     return torch.distributed.PrefixStore("components/", store)
 
 
 def run_torchrun(run, args, make_worker, farewells, data, device, rank):
     """This process is torchrun rank `rank`, one component. Rank 0 also runs the
     monitor and keeps the run folder (`run`); the other ranks pass run=None."""
-    store = torchrun_store(rank)
+    store = torchrun_store(rank, args.join_timeout)
     board = torch.distributed.PrefixStore("board/", store)
     transport = gloo_transport(store, rank, args, farewells)
     worker = make_worker(rank, data, transport, board, device)

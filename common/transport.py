@@ -276,14 +276,15 @@ class GlooTransport:
     The receiver thread waits at most `timeout_s` for the next message from
     anyone: components send heartbeats, so silence that long means a dead
     peer or a broken link, and the run fails instead of hanging. It stops by
-    itself once `last` = (kind, count) final messages have arrived.
+    itself once `last` = (kind, count) final messages have arrived. Joining
+    the group waits at most `join_timeout_s` for every rank.
     """
 
     def __init__(self, store, rank, world_size, timeout_s, last, latency_s=0.0, jitter_s=0.0,
-                 seed=0):
+                 seed=0, join_timeout_s=30.0):
         import torch.distributed as dist
         self.dist, self.rank, self.timeout_s = dist, rank, timeout_s
-        bound = max(timeout_s, 30)
+        bound = join_timeout_s
         try:
             dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
                                     timeout=datetime.timedelta(seconds=bound))

@@ -18,6 +18,7 @@ from conftest import ROOT, ctrl_c_reaches_child, read_run, run_script
 
 import async_mach as am
 from common import runtime
+from common.transport import free_port
 
 SCRIPT = "async_mach.py"
 
@@ -157,6 +158,51 @@ def test_torchrun_two_ranks(tiny_data, tmp_path):
 
 
 # -- faults ----------------------------------------------------------------------
+def test_under_torchrun_a_killed_rank_ends_the_run_and_rank_0_keeps_its_summary(tiny_data, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    agent = subprocess.Popen([torchrun, "--standalone", "--nproc-per-node", "2", SCRIPT,
+                              "--backend", "torchrun", "--components", "2",
+                              *map(str, tiny(tiny_data, out, "--seconds", "120"))],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, preexec_fn=ctrl_c_reaches_child)
+    try:
+        deadline = time.time() + 60
+        while not (out / "metrics.csv").exists():  # both ranks are up and reporting
+            assert time.time() < deadline and agent.poll() is None, agent.stderr.read()
+            time.sleep(0.2)
+        ranks = [p for p in children_of(agent.pid) if "async_mach.py" in p[1]]
+        assert len(ranks) == 2
+        os.kill(max(pid for pid, _ in ranks), signal.SIGKILL)   # the rank started last: rank 1
+        killed = time.time()
+        _, stderr = agent.communicate(timeout=30)
+        assert time.time() - killed < 10
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert agent.returncode != 0
+    assert "async_mach.py: failed: terminated by SIGTERM" in stderr   # rank 0's one line
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "SIGTERM" in summary["error"]
+    assert not any(pid_alive(pid) for pid, _ in ranks)
+
+
+def children_of(pid):
+    """(pid, command line) of every process whose parent is `pid`, from /proc."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+                cmdline = open(f"/proc/{entry}/cmdline").read().replace("\0", " ")
+            except OSError:
+                continue
+            if int(stat.split(")")[-1].split()[1]) == pid:
+                children.append((int(entry), cmdline))
+    return children
+
+
 def test_a_raising_component_fails_the_run_and_is_named(tiny_data, tmp_path):
     out = tmp_path / "run"
     result = run_script(SCRIPT, *tiny(tiny_data, out, "--components", "3", "--seconds", "60",
@@ -171,7 +217,8 @@ def test_a_raising_component_fails_the_run_and_is_named(tiny_data, tmp_path):
     assert str(log) in result.stderr and "failing on purpose" in log.read_text()
 
 
-def test_a_killed_process_ends_the_run_and_leaves_nothing_behind(tiny_data, tmp_path):
+@pytest.mark.parametrize("victim", [0, 1, 2])   # the leaf, a middle one, the top
+def test_a_killed_process_ends_the_run_and_leaves_nothing_behind(tiny_data, tmp_path, victim):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     launcher = subprocess.Popen([sys.executable, SCRIPT, *map(str, tiny(
@@ -184,7 +231,7 @@ def test_a_killed_process_ends_the_run_and_leaves_nothing_behind(tiny_data, tmp_
             assert time.time() < deadline and launcher.poll() is None, launcher.stderr.read()
             time.sleep(0.2)
         workers = json.loads((out / "workers.json").read_text())
-        os.kill(workers["component_1"], signal.SIGKILL)
+        os.kill(workers[f"component_{victim}"], signal.SIGKILL)
         killed = time.time()
         _, stderr = launcher.communicate(timeout=30)
         assert time.time() - killed < 10
@@ -192,7 +239,8 @@ def test_a_killed_process_ends_the_run_and_leaves_nothing_behind(tiny_data, tmp_
         if launcher.poll() is None:
             launcher.kill()
     assert launcher.returncode == 1
-    assert "component_1: process killed by signal 9" in stderr
+    assert f"component_{victim}: process killed by signal 9" in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
     _, summary, rows = read_run(out)
     assert summary["status"] == "failed" and rows
     assert not any(pid_alive(pid) for pid in workers.values())
@@ -283,6 +331,20 @@ def test_torchrun_world_size_must_match_components(tiny_data, tmp_path, capsys, 
                  *map(str, tiny(tiny_data, tmp_path / "run"))])
     assert exit_.value.code == 2
     assert "--components 3 but torchrun started 2 ranks" in capsys.readouterr().err
+
+
+def test_a_rank_whose_peers_never_arrive_fails_with_one_line_within_the_join_bound(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    began = time.time()
+    result = subprocess.run([sys.executable, SCRIPT, "--backend", "torchrun", "--components", "2",
+                             "--join-timeout", "3", *map(str, tiny(tiny_data, out))],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and time.time() - began < 25
+    last = result.stderr.strip().splitlines()[-1]
+    assert "the 2 ranks did not all join within 3 s" in last and "Traceback" not in result.stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
 
 
 def test_an_accuracy_is_logged_once_when_it_is_measured_not_repeated(tiny_data, tmp_path):
