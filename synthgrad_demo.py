@@ -18,9 +18,10 @@ gradients; the layer applies g_i / batch), and M_i regresses onto what the layer
 
 --task mnist: the paper's 3-layer nets (Linear, BatchNorm, ReLU); backprop, DNI and cDNI
 side by side, each on its own clock, logging cos(M_i(h_i), dL/dh_i) and |M_i(h_i)| / |dL/dh_i|.
-DNI's layer 1 learns at --lr x --first-lr-scale (0.03; paper: 1): Adam moves each weight ~lr
-per step however wrong g_1 is, and layer 1's 784 dense inputs turn that into a far larger
-change of h_1 than a hidden layer's. At 1, M_1 cannot follow its moving input: its ReLUs
+DNI's layers learn slower than its head (--lr): layer 1 at x --first-lr-scale (1/30), the
+others at x --hidden-lr-scale (1/3); the paper: 1. Adam moves each weight ~lr per step however
+wrong g_i is, and layer 1's 784 dense inputs make that a far larger change of h_1 than a
+hidden layer's. A module cannot follow a layer that moves faster than it learns: M_1's ReLUs
 die, it predicts a constant and layer 1 stops learning (measurements: README.md).
 --task lumpy: the reference's f: [-1, 1]^2 -> R; DNI, here or as the three processes
 (--async, over shared memory), races to backprop's final test MSE.
@@ -43,8 +44,9 @@ from common.run_folder import Clock, Run, eval_mode, evaluate
 from common.shm_channel import Memory, Workers
 
 TASK_DEFAULTS = {"mnist": dict(iterations=16_000, batch_size=256, lr=3e-5, eval_every=500, sg_lr=1e-3,
-                               first_lr_scale=0.03),
-                 "lumpy": dict(iterations=15_000, batch_size=100, lr=3e-3, eval_every=500, first_lr_scale=1.0)}
+                               first_lr_scale=1 / 30, hidden_lr_scale=1 / 3),
+                 "lumpy": dict(iterations=15_000, batch_size=100, lr=3e-3, eval_every=500, first_lr_scale=1.0,
+                           hidden_lr_scale=1.0)}
 CPU = torch.device("cpu")
 
 
@@ -64,8 +66,10 @@ def build_parser():
     add("--sg-hidden", type=pos, default=256, help="mnist: units of the DNI module's 2 hidden layers")
     add("--sg-lr", type=num, help="learning rate of the gradient modules (default: mnist 1e-3, as at 3e-5 "
         "the DNI modules barely learn; lumpy --lr)")
-    add("--first-lr-scale", type=num, help="mnist: layer 1 of DNI learns at --lr times this "
-        "(default 0.03, see above; the paper's is 1)")
+    add("--first-lr-scale", type=num, help="mnist: DNI's layer 1 learns at --lr times this (default 1/30, "
+        "see above; the paper's is 1)")
+    add("--hidden-lr-scale", type=num, help="mnist: DNI's other hidden layers learn at --lr times this "
+        "(default 1/3; the paper's is 1)")
     add("--optimizer", choices=("adam", "sgd"), default="adam", help="lumpy: optimizer of every part")
     add("--async", dest="run_async", action="store_true", help="lumpy: run DNI as three processes")
     add("--oracle-memory", type=pos, default=20_000, help="lumpy: latest true gradients the oracle trains on")
@@ -83,8 +87,8 @@ def validate(args):
         raise refuse("--method cdni: the lumpy task has no label to condition on; use dni, backprop or all")
     if lumpy and args.dataset is not None:
         raise refuse(f"--dataset {args.dataset}: the lumpy task makes its own data; leave --dataset out")
-    if lumpy and args.first_lr_scale is not None:
-        raise refuse("--first-lr-scale: the lumpy task's one DNI layer learns at --lr; leave it out")
+    if lumpy and (args.first_lr_scale or args.hidden_lr_scale) is not None:
+        raise refuse("--first/--hidden-lr-scale: the lumpy task's one DNI layer learns at --lr; leave them out")
     if lumpy and args.device not in ("auto", "cpu"):
         raise refuse(f"--device {args.device}: the lumpy task runs on the CPU; use --device cpu")
     if args.run_async and not lumpy:
@@ -206,8 +210,9 @@ class Learner:
             optimizer = make_optimizer(self.net.parameters(), kind, args.lr)
             self.update = lambda x, y: [backprop_step(self.net, loss_fn, optimizer, x, y)]
         else:
-            self.optimizers = optimizers = [make_optimizer(m.parameters(), kind, args.lr * (
-                args.first_lr_scale if i == 0 and method == "dni" else 1)) for i, m in enumerate([*blocks, head])]
+            scales = [args.first_lr_scale] + [args.hidden_lr_scale] * (len(blocks) - 1) if method == "dni" else []
+            self.optimizers = optimizers = [make_optimizer(m.parameters(), kind, args.lr * scale) for m, scale
+                                            in zip([*blocks, head], scales + [1] * (len(blocks) + 1))]
             synth_optimizer = make_optimizer(synth.parameters(), kind, args.sg_lr)
             self.update = lambda x, y: dni_step(blocks, head, loss_fn, optimizers, x, y,
                                                 lambda i, h, y: synth[i](h, y), synth_optimizer)

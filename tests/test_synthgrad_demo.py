@@ -118,14 +118,16 @@ def test_gradient_quality_of_an_exact_and_of_a_dead_module():
                for layer in sg.gradient_quality(blocks, head, F.cross_entropy, dead, x, y))
 
 
-def test_first_layer_of_a_dni_net_learns_at_the_scaled_rate():
-    """--first-lr-scale slows layer 1 only, and only DNI's (cDNI's linear modules keep up)."""
-    args = sg.build_parser().parse_args(["--lr", "1e-3", "--first-lr-scale", "0.1", "--sg-lr", "1e-2"])
+def test_the_layers_of_a_dni_net_learn_at_the_scaled_rates():
+    """--first/--hidden-lr-scale slow DNI's layers, not its head, and not cDNI's (whose linear
+    modules see the label and keep up)."""
+    args = sg.build_parser().parse_args(["--lr", "1e-3", "--first-lr-scale", "0.1", "--hidden-lr-scale", "0.5",
+                                         "--sg-lr", "1e-2"])
     blocks, head = sg.mnist_net(8, 4, 3, 3)
     synth = torch.nn.ModuleList(sg.SyntheticGradient(4, [4]) for _ in blocks)
     dni = sg.Learner("dni", blocks, head, synth, F.cross_entropy, "adam", args, torch.device("cpu"))
     rates = [o.param_groups[0]["lr"] for o in dni.optimizers]   # layers 1, 2, 3, head
-    assert rates == pytest.approx([1e-4, 1e-3, 1e-3, 1e-3])
+    assert rates == pytest.approx([1e-4, 5e-4, 5e-4, 1e-3])
     torch.manual_seed(0)
     x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
     before = [p.detach().clone() for p in blocks.parameters()]
@@ -320,7 +322,8 @@ def test_diverged_async_run_says_diverged(tmp_path):
     (["--task", "lumpy", "--async", "--method", "backprop"], "--async --method backprop"),
     (["--task", "lumpy", "--dataset", "mnist"], "--dataset mnist: the lumpy task makes its own data"),
     (["--task", "lumpy", "--device", "cuda"], "--device cuda: the lumpy task runs on the CPU"),
-    (["--task", "lumpy", "--first-lr-scale", "0.1"], "--first-lr-scale: the lumpy task's one DNI layer"),
+    (["--task", "lumpy", "--first-lr-scale", "0.1"], "--first/--hidden-lr-scale: the lumpy task's one"),
+    (["--task", "lumpy", "--hidden-lr-scale", "0.1"], "--first/--hidden-lr-scale: the lumpy task's one"),
 ])
 def test_bad_flags(flags, message, tmp_path, capsys):
     out = tmp_path / "run"
