@@ -16,15 +16,14 @@ gradients; the layer applies g_i / batch), and M_i regresses onto what the layer
     target_L = dL/dh_L                               the true loss gradient at the top
     loss_M   = mean ||M_i(h_i) - target_i||^2
 
---task mnist: the paper's 3-layer nets (Linear, BatchNorm, ReLU); backprop, DNI and cDNI
-side by side, each on its own clock, logging cos(M_i(h_i), dL/dh_i) and |M_i(h_i)| / |dL/dh_i|.
-DNI's layers learn slower than its head (--lr): layer 1 at x --first-lr-scale (1/30), the
-others at x --hidden-lr-scale (1/3); the paper: 1. Adam moves each weight ~lr per step however
-wrong g_i is, and layer 1's 784 dense inputs make that a far larger change of h_1 than a
-hidden layer's. A module cannot follow a layer that moves faster than it learns: M_1's ReLUs
-die, it predicts a constant and layer 1 stops learning (measurements: README.md).
---task lumpy: the reference's f: [-1, 1]^2 -> R; DNI, here or as the three processes
-(--async, over shared memory), races to backprop's final test MSE.
+--task mnist: the paper's 3-layer nets (Linear, BatchNorm, ReLU); backprop, DNI and cDNI side
+by side, each on its own clock, logging cos(M_i(h_i), dL/dh_i) and |M_i(h_i)| / |dL/dh_i|.
+DNI's layers learn below its head's --lr (layer 1 x --first-lr-scale 1/30, the others x
+--hidden-lr-scale 1/3; paper: 1): Adam moves each weight ~lr per step however wrong g_i is, and
+a module cannot follow a layer that moves faster than it learns. Layer 1, with 784 dense inputs,
+moves fastest: at 1, M_1's ReLUs die and layer 1 stops learning (measurements: README.md).
+--task lumpy: the reference's f: [-1, 1]^2 -> R; DNI, here or as the three processes (--async,
+over shared memory), races to backprop's final test MSE.
 
     python synthgrad_demo.py --dataset fashion-mnist
     python synthgrad_demo.py --task lumpy --async --plot
@@ -45,8 +44,8 @@ from common.shm_channel import Memory, Workers
 
 TASK_DEFAULTS = {"mnist": dict(iterations=16_000, batch_size=256, lr=3e-5, eval_every=500, sg_lr=1e-3,
                                first_lr_scale=1 / 30, hidden_lr_scale=1 / 3),
-                 "lumpy": dict(iterations=15_000, batch_size=100, lr=3e-3, eval_every=500, first_lr_scale=1.0,
-                           hidden_lr_scale=1.0)}
+                 "lumpy": dict(iterations=15_000, batch_size=100, lr=3e-3, eval_every=500,
+                               first_lr_scale=1, hidden_lr_scale=1)}
 CPU = torch.device("cpu")
 
 
@@ -64,12 +63,9 @@ def build_parser():
     add("--layers", type=pos, default=3, help="mnist: hidden layers")
     add("--width", type=pos, default=256, help="mnist: units per hidden layer")
     add("--sg-hidden", type=pos, default=256, help="mnist: units of the DNI module's 2 hidden layers")
-    add("--sg-lr", type=num, help="learning rate of the gradient modules (default: mnist 1e-3, as at 3e-5 "
-        "the DNI modules barely learn; lumpy --lr)")
-    add("--first-lr-scale", type=num, help="mnist: DNI's layer 1 learns at --lr times this (default 1/30, "
-        "see above; the paper's is 1)")
-    add("--hidden-lr-scale", type=num, help="mnist: DNI's other hidden layers learn at --lr times this "
-        "(default 1/3; the paper's is 1)")
+    add("--sg-lr", type=num, help="learning rate of the gradient modules (mnist 1e-3; lumpy --lr)")
+    add("--first-lr-scale", type=num, help="mnist: DNI's layer 1 learns at --lr x this (1/30; paper: 1)")
+    add("--hidden-lr-scale", type=num, help="mnist: DNI's other layers learn at --lr x this (1/3; paper: 1)")
     add("--optimizer", choices=("adam", "sgd"), default="adam", help="lumpy: optimizer of every part")
     add("--async", dest="run_async", action="store_true", help="lumpy: run DNI as three processes")
     add("--oracle-memory", type=pos, default=20_000, help="lumpy: latest true gradients the oracle trains on")
@@ -122,8 +118,8 @@ class SyntheticGradient(nn.Module):
         super().__init__()
         self.num_classes = num_classes  # > 0: cDNI, the label is an input
         self.net = mlp([size + num_classes, *hidden, size], activation)
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        for parameter in self.net[-1].parameters():
+            nn.init.zeros_(parameter)
 
     def forward(self, h, y=None):
         if self.num_classes:
@@ -179,11 +175,11 @@ def dni_step(blocks, head, loss_fn, optimizers, x, y, synthetic, synth_optimizer
 def true_gradients(blocks, head, loss_fn, x, y):
     """Per-example dL/dh_i by full backprop, leaving weights and BatchNorm statistics as they were."""
     buffers = [b.clone() for b in blocks.buffers()]
-    hs, h = [], x
+    hs = [x]
     for block in blocks:
-        h = block(h)
-        hs.append(h)
-    grads = torch.autograd.grad(loss_fn(head(h), y), hs)
+        hs.append(block(hs[-1]))
+    hs = hs[1:]
+    grads = torch.autograd.grad(loss_fn(head(hs[-1]), y), hs)
     with torch.no_grad():
         for b, saved in zip(blocks.buffers(), buffers):
             b.copy_(saved)
