@@ -41,6 +41,7 @@ network, --peer-timeout, the rendezvous address, and the test flags hidden
 from --help) are added by `add_arguments` and checked by `validate`.
 """
 import argparse
+import datetime
 import json
 import os
 import signal
@@ -238,15 +239,24 @@ def run_worker(worker):
     except Stopped:
         return False
     except PeerFailure as error:
-        worker.board.set(f"lost/{worker.rank}", f"component_{worker.rank}: {error}")
+        worker.failure = f"component_{worker.rank}: {error}"
+        post(worker.board, f"lost/{worker.rank}", worker.failure)
         return False
     except BaseException as error:
         log = component_log(worker.args, worker.rank)
         with open(log, "a") as f:
             traceback.print_exc(file=f)
-        worker.board.set("failed", f"component_{worker.rank}: {type(error).__name__}: {error} "
-                                   f"(traceback in {log})")
+        worker.failure = f"component_{worker.rank}: {type(error).__name__}: {error} (traceback in {log})"
+        post(worker.board, "failed", worker.failure)
         return False
+
+
+def post(board, key, value):
+    """Tell the board, if it can still be reached: the store may be what went away."""
+    try:
+        board.set(key, value)
+    except (RuntimeError, TimeoutError):
+        pass
 
 
 # ============================================================================ the monitor
@@ -370,6 +380,7 @@ def process_worker(rank, args, make_worker, farewells, load, port):
         store = connect_store(args.master_addr, port, False, args.join_timeout)
         board = torch.distributed.PrefixStore("board/", store)
         transport = gloo_transport(store, rank, args, farewells)
+        store.set_timeout(datetime.timedelta(seconds=args.peer_timeout))   # joined: a lost store is a fault
         if run_worker(make_worker(rank, data, transport, board, device)):
             transport.close()
     except BaseException:
@@ -429,10 +440,13 @@ def run_torchrun(run, args, make_worker, farewells, data, device, rank):
     store = torchrun_store(rank, args.join_timeout)
     board = torch.distributed.PrefixStore("board/", store)
     transport = gloo_transport(store, rank, args, farewells)
+    store.set_timeout(datetime.timedelta(seconds=args.peer_timeout))   # joined: a lost host is a fault
     worker = make_worker(rank, data, transport, board, device)
-    if rank != 0:  # a plain component
+    if rank != 0:  # a plain component: it ends quietly when told to stop, with one line when it failed
         if run_worker(worker):
             transport.close()
+        elif getattr(worker, "failure", None):
+            raise cli.RunFailed(worker.failure)
         return
     thread = threading.Thread(target=run_worker, args=(worker,), daemon=True)
     thread.start()

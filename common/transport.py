@@ -331,11 +331,15 @@ class GlooTransport:
     def send(self, dst, message):
         payload = encode(dict(message, src=self.rank))
         with self.send_lock:  # length and bytes must not interleave with another send
+            # A link that went down takes TCP minutes to notice: wait --peer-timeout at most.
+            wait = datetime.timedelta(seconds=self.timeout_s)
             try:
-                self.dist.send(torch.tensor([payload.numel()], dtype=torch.int64), dst=dst)
-                self.dist.send(payload, dst=dst)
+                for tensor in (torch.tensor([payload.numel()], dtype=torch.int64), payload):
+                    if not self.dist.isend(tensor, dst=dst).wait(wait):
+                        raise RuntimeError(f"no progress for {self.timeout_s:g} s")
             except RuntimeError as error:  # the link broke: the peer is the likely cause, not us
-                raise PeerFailure(f"sending to rank {dst} failed ({_first_line(error)})") from None
+                raise PeerFailure(f"component_{dst} unreachable: a message to it failed or made no progress "
+                                  f"for {self.timeout_s:g} s ({_first_line(error)})") from None
 
     def receive(self, timeout=0.0):
         message = self.inbox.get(timeout)

@@ -1,11 +1,13 @@
 """async_mach across two real network stacks: two Linux network namespaces joined by a veth
 pair, each with its own address and no shared loopback, running the README's two-host
 torchrun commands. Needs root and iproute2 (CI runs as root); skipped elsewhere."""
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -70,3 +72,43 @@ def test_the_readme_two_host_commands_train_on_both_hosts(two_hosts, tiny_data, 
     assert summary["status"] == "completed" and rows
     assert set(summary["test_accuracy"]) == {"component_0", "component_1"}
     assert all(c["steps"] > 0 for c in summary["components"].values())
+
+
+def test_a_host_whose_network_goes_away_ends_the_run_on_both_hosts(two_hosts, tiny_data, tmp_path):
+    """Host B's link goes down mid-run: each side hears nothing from the other for --peer-timeout,
+    names the silent component in one line, and every process on both hosts ends."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    common = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", ADDR_A, "--master-port", "29534",
+              "async_mach.py", "--backend", "torchrun", "--components", "2", "--dataset", "mnist",
+              "--data-dir", str(tiny_data), "--seconds", "120", "--peer-timeout", "4", "--threads", "1",
+              "--log-seconds", "1"]
+    hosts = [subprocess.Popen(["ip", "netns", "exec", ns, torchrun, "--node-rank", str(rank), *common,
+                               "--out", str(tmp_path / ns)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+             for rank, ns in enumerate((NS_A, NS_B))]
+    outputs, ended = [], []
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / NS_A / "metrics.csv").exists():   # both components are training
+            assert time.time() < deadline and all(h.poll() is None for h in hosts)
+            time.sleep(0.2)
+        ip("-n", NS_B, "link", "set", f"{NS_B}v", "down")
+        cut = time.time()
+        for host in hosts:
+            outputs.append(host.communicate(timeout=60)[0])
+            ended.append(time.time() - cut)
+    finally:
+        for host in hosts:
+            if host.poll() is None:
+                os.killpg(host.pid, signal.SIGKILL)
+                host.wait()
+    print("seconds from the cut to each host's end:", [round(t, 1) for t in ended])
+    assert all(host.returncode != 0 for host in hosts), outputs
+    assert max(ended) < 4 + 10, outputs   # --peer-timeout plus a few seconds
+    for host, other in enumerate((1, 0)):   # one line on each host, naming the other side
+        line = next(l for l in outputs[host].splitlines() if l.startswith("async_mach.py: failed:"))
+        assert f"component_{other} unreachable" in line or f"component_{other} sent nothing" in line, line
+    summary = json.loads((tmp_path / NS_A / "summary.json").read_text())
+    assert summary["status"] == "failed" and "component_1" in summary["error"]
+    for ns in (NS_A, NS_B):   # nothing left running on either host
+        assert not subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
