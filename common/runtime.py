@@ -41,6 +41,7 @@ network, --peer-timeout, the rendezvous address, and the test flags hidden
 from --help) are added by `add_arguments` and checked by `validate`.
 """
 import argparse
+import ctypes
 import datetime
 import json
 import os
@@ -367,11 +368,23 @@ def gloo_transport(store, rank, args, farewells):
                          args.jitter_ms / 1000, args.seed, join_timeout_s=args.join_timeout)
 
 
-def process_worker(rank, args, make_worker, farewells, load, port):
+def exit_with_launcher(launcher, log):
+    """A component outlives no launcher: the launcher holds the store and the run folder.
+    On Linux the kernel sends SIGTERM when it dies (even while C++ holds the GIL)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    while os.getppid() == launcher:   # (also when it died before we asked)
+        time.sleep(0.5)
+    print("the launcher (which held the store) is gone: exiting", file=log, flush=True)
+    os._exit(1)
+
+
+def process_worker(rank, args, make_worker, farewells, load, port, launcher):
     """A spawned process: one component, gloo point-to-point to its neighbours."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher stops us, not the terminal
     log = open(component_log(args, rank), "a")  # everything on stderr, C++ included, goes there
     os.dup2(log.fileno(), 2)
+    threading.Thread(target=exit_with_launcher, args=(launcher, log), daemon=True).start()
     code = 0
     try:
         torch.set_num_threads(args.threads or 1)
@@ -398,7 +411,7 @@ def run_processes(run, args, make_worker, farewells, load):
     board = torch.distributed.PrefixStore("board/", store)
     context = mp.get_context("spawn")
     procs = [context.Process(target=process_worker, name=f"component_{i}",
-                             args=(i, args, make_worker, farewells, load, port))
+                             args=(i, args, make_worker, farewells, load, port, os.getpid()))
              for i in range(args.components)]
     for p in procs:
         p.start()

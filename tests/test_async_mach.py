@@ -246,6 +246,30 @@ def test_a_killed_process_ends_the_run_and_leaves_nothing_behind(tiny_data, tmp_
     assert not any(pid_alive(pid) for pid in workers.values())
 
 
+def test_when_the_launcher_holding_the_store_is_killed_no_component_outlives_it(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launcher = subprocess.Popen([sys.executable, SCRIPT, *map(str, tiny(
+        tiny_data, out, "--backend", "process", "--components", "2", "--seconds", "120"))],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        metrics = out / "metrics.csv"
+        while not (metrics.exists() and "component_" in metrics.read_text()):   # they are training
+            assert time.time() < deadline and launcher.poll() is None
+            time.sleep(0.2)
+        workers = json.loads((out / "workers.json").read_text())
+        launcher.kill()
+        launcher.communicate(timeout=10)
+        deadline = time.time() + 10
+        while any(pid_alive(pid) for pid in workers.values()):
+            assert time.time() < deadline, "a component outlived its launcher"
+            time.sleep(0.1)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
 def test_ctrl_c_stops_every_process_and_writes_the_summary(tiny_data, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
