@@ -35,10 +35,13 @@ A failed run ends with ComponentFailed (a worker raised, its process died, or
 a neighbour went silent with no other cause found), a cli.RunFailed: one
 line on the terminal, exit 1; tracebacks (and, for processes, everything the
 component wrote on stderr, gloo's C++ frames included) go to
-<run folder>/component_<rank>.log, which the line names.
+<run folder>/component_<rank>.log, which the line names. Every wait is bounded:
+joining by --join-timeout, and once joined every store call and every send by
+--peer-timeout, so a host that vanishes is a fault, not a hang. A spawned
+component exits with its launcher (which holds the store).
 The flags of this module (--backend, --seconds, --log-seconds, the simulated
-network, --peer-timeout, the rendezvous address, and the test flags hidden
-from --help) are added by `add_arguments` and checked by `validate`.
+network, --peer-timeout, --join-timeout, the rendezvous address, and the test
+flags hidden from --help) are added by `add_arguments` and checked by `validate`.
 """
 import argparse
 import ctypes
