@@ -28,6 +28,23 @@ def tiny(tiny_data, out, *extra):
             "--eval-every", "15", "--log-seconds", "1", *extra)
 
 
+def wait_for_metrics(out, process, timeout=60):
+    """Until the run folder has metrics.csv: the components are up and reporting."""
+    deadline = time.time() + timeout
+    while not (out / "metrics.csv").exists():
+        assert time.time() < deadline and process.poll() is None, process.stderr.read()
+        time.sleep(0.2)
+
+
+def kill_and_wait(pid, run, bound_s=10):
+    """kill -9 `pid`; the run (a Popen) must end within bound_s; returns its stderr."""
+    os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    _, stderr = run.communicate(timeout=30)
+    assert time.time() - killed < bound_s
+    return stderr
+
+
 def pid_alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -168,16 +185,10 @@ def test_under_torchrun_a_killed_rank_ends_the_run_and_rank_0_keeps_its_summary(
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, preexec_fn=ctrl_c_reaches_child)
     try:
-        deadline = time.time() + 60
-        while not (out / "metrics.csv").exists():  # both ranks are up and reporting
-            assert time.time() < deadline and agent.poll() is None, agent.stderr.read()
-            time.sleep(0.2)
+        wait_for_metrics(out, agent)
         ranks = [p for p in children_of(agent.pid) if "async_mach.py" in p[1]]
         assert len(ranks) == 2
-        os.kill(max(pid for pid, _ in ranks), signal.SIGKILL)   # the rank started last: rank 1
-        killed = time.time()
-        _, stderr = agent.communicate(timeout=30)
-        assert time.time() - killed < 10
+        stderr = kill_and_wait(max(pid for pid, _ in ranks), agent)   # the rank started last: rank 1
     finally:
         if agent.poll() is None:
             agent.kill()
@@ -226,15 +237,9 @@ def test_a_killed_process_ends_the_run_and_leaves_nothing_behind(tiny_data, tmp_
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=ctrl_c_reaches_child)
     try:
-        deadline = time.time() + 60
-        while not (out / "metrics.csv").exists():  # the components are up and reporting
-            assert time.time() < deadline and launcher.poll() is None, launcher.stderr.read()
-            time.sleep(0.2)
+        wait_for_metrics(out, launcher)
         workers = json.loads((out / "workers.json").read_text())
-        os.kill(workers[f"component_{victim}"], signal.SIGKILL)
-        killed = time.time()
-        _, stderr = launcher.communicate(timeout=30)
-        assert time.time() - killed < 10
+        stderr = kill_and_wait(workers[f"component_{victim}"], launcher)
     finally:
         if launcher.poll() is None:
             launcher.kill()
@@ -278,10 +283,7 @@ def test_ctrl_c_stops_every_process_and_writes_the_summary(tiny_data, tmp_path):
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=ctrl_c_reaches_child)
     try:
-        deadline = time.time() + 60
-        while not (out / "metrics.csv").exists():
-            assert time.time() < deadline and launcher.poll() is None, launcher.stderr.read()
-            time.sleep(0.2)
+        wait_for_metrics(out, launcher)
         workers = json.loads((out / "workers.json").read_text())
         launcher.send_signal(signal.SIGINT)
         launcher.communicate(timeout=30)
