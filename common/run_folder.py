@@ -15,7 +15,8 @@ writes, in the run folder (--out):
   summary.json  script, dataset, seed, device, iterations, train_seconds,
                 status (completed | interrupted | diverged | failed),
                 test_accuracy {component: fraction} and best_test_accuracy,
-                whatever the ending. Scripts may add keys to `run.summary`.
+                whatever the ending (and startup_seconds where the clock was
+                restarted, see restart_clock). Scripts may add keys to `run.summary`.
 
 The folder is made when the Run starts, after every flag has been checked.
 However the run ends, the summary says how (Ctrl-C: interrupted; a NaN or
@@ -155,6 +156,12 @@ class Run:
     # -- timing ---------------------------------------------------------------
     def elapsed(self):
         return time.perf_counter() - self.start
+
+    def restart_clock(self):
+        """From now on: what came before (starting processes, loading data) was not the run's
+        training; how long it took stays in the summary as startup_seconds."""
+        self.summary["startup_seconds"] = round(self.elapsed(), 3)
+        self.start = time.perf_counter()
 
     def train_seconds(self):
         if self.own_train_seconds is not None:   # components that keep their own clocks

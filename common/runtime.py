@@ -237,6 +237,7 @@ def run_worker(worker):
     component's name, its traceback in its log, so the monitor can stop the others and name it;
     a neighbour gone silent is posted as `lost`: a symptom, whose cause the monitor looks for."""
     try:
+        wait_for_the_others(worker)
         worker.run()
         worker.board.set(f"finished/{worker.rank}", "1")
         return True
@@ -255,6 +256,20 @@ def run_worker(worker):
         return False
 
 
+def wait_for_the_others(worker):
+    """Post ready/<rank> and start only when every component has: all clocks start together."""
+    board, K, bound = worker.board, worker.args.components, worker.args.join_timeout
+    board.set(f"ready/{worker.rank}", "1")
+    deadline = time.perf_counter() + bound
+    while not board.check([f"ready/{i}" for i in range(K)]):
+        if board.check(["stop"]):
+            raise Stopped()
+        if time.perf_counter() > deadline:
+            missing = [i for i in range(K) if not board.check([f"ready/{i}"])]
+            raise PeerFailure(f"component(s) {missing} not ready within --join-timeout {bound:g} s")
+        time.sleep(0.01)
+
+
 def post(board, key, value):
     """Tell the board, if it can still be reached: the store may be what went away."""
     try:
@@ -265,7 +280,18 @@ def post(board, key, value):
 
 # ============================================================================ the monitor
 def monitor(run, board, K, log_seconds, alive=None):
-    """Log one merged line every log_seconds until every component has finished."""
+    """Once every component is ready, restart the run's clock (starting processes and loading
+    data is not training); then log one merged line every log_seconds until all have finished."""
+    while not board.check([f"ready/{i}" for i in range(K)]):
+        if alive is not None:
+            alive()
+        if board.check(["failed"]):
+            raise ComponentFailed(board.get("failed").decode())
+        lost = [i for i in range(K) if board.check([f"lost/{i}"])]
+        if lost:
+            raise ComponentFailed(board.get(f"lost/{lost[0]}").decode())
+        time.sleep(0.05)
+    run.restart_clock()
     last_t, last_msgs, last_stale = time.perf_counter(), 0, (0, 0)
     reports, seen = {}, {}  # seen: evaluations already logged, per component
     lost_since = None

@@ -146,6 +146,9 @@ def test_backends_run_and_learn(tiny_data, tmp_path, extra):
     # wall time since the run folder was made (which includes starting everything up)
     longest = max(c["seconds"] for c in summary["components"].values())
     assert 0 < summary["train_seconds"] <= longest < summary["wall_seconds"]
+    # the run's clock starts once every component is ready: starting up is not training
+    assert summary["startup_seconds"] > 0 and float(rows[0]["seconds"]) < 1 + 0.5   # --log-seconds 1
+    assert summary["wall_seconds"] - longest < 1
 
 
 def test_torchrun_cuda_follows_local_rank(monkeypatch):
