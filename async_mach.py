@@ -61,8 +61,7 @@ def build_parser():
     mach.add_argument("--hidden", type=cli.positive_int, nargs=2, default=[512, 256],
                       metavar=("H1", "H2"), help="hidden sizes of teacher and student")
     mach.add_argument("--init", choices=INITS, default="tf",
-                      help="tf: truncated normal std 0.1, bias 0.1 (original; fine with kgraph "
-                           "here, as answers cross at most --max-depth hops)")
+                      help="tf: truncated normal std 0.1, bias 0.1 (original; measured fine with kgraph)")
     learn = parser.add_argument_group("gradient queue (MLI)")
     learn.add_argument("--queue-size", type=cli.positive_int, default=16,
                        help="gradients a component holds; when full the oldest is dropped")

@@ -29,6 +29,7 @@ over shared memory), races to backprop's final test MSE.
     python synthgrad_demo.py --task lumpy --async --plot
 """
 import copy
+import itertools
 import math
 
 import torch
@@ -175,10 +176,7 @@ def dni_step(blocks, head, loss_fn, optimizers, x, y, synthetic, synth_optimizer
 def true_gradients(blocks, head, loss_fn, x, y):
     """Per-example dL/dh_i by full backprop, leaving weights and BatchNorm statistics as they were."""
     buffers = [b.clone() for b in blocks.buffers()]
-    hs = [x]
-    for block in blocks:
-        hs.append(block(hs[-1]))
-    hs = hs[1:]
+    hs = list(itertools.accumulate(blocks, lambda h, block: block(h), initial=x))[1:]
     grads = torch.autograd.grad(loss_fn(head(hs[-1]), y), hs)
     with torch.no_grad():
         for b, saved in zip(blocks.buffers(), buffers):
@@ -206,9 +204,9 @@ class Learner:
             optimizer = make_optimizer(self.net.parameters(), kind, args.lr)
             self.update = lambda x, y: [backprop_step(self.net, loss_fn, optimizer, x, y)]
         else:
-            scales = [args.first_lr_scale] + [args.hidden_lr_scale] * (len(blocks) - 1) if method == "dni" else []
-            self.optimizers = optimizers = [make_optimizer(m.parameters(), kind, args.lr * scale) for m, scale
-                                            in zip([*blocks, head], scales + [1] * (len(blocks) + 1))]
+            scales = [args.first_lr_scale] + [args.hidden_lr_scale] * (len(blocks) - 1) + [1]   # the head: 1
+            self.optimizers = optimizers = [make_optimizer(m.parameters(), kind, args.lr * (
+                scale if method == "dni" else 1)) for m, scale in zip([*blocks, head], scales)]
             synth_optimizer = make_optimizer(synth.parameters(), kind, args.sg_lr)
             self.update = lambda x, y: dni_step(blocks, head, loss_fn, optimizers, x, y,
                                                 lambda i, h, y: synth[i](h, y), synth_optimizer)

@@ -279,37 +279,43 @@ def post(board, key, value):
 
 
 # ============================================================================ the monitor
-def monitor(run, board, K, log_seconds, alive=None):
-    """Once every component is ready, restart the run's clock (starting processes and loading
-    data is not training); then log one merged line every log_seconds until all have finished."""
-    while not board.check([f"ready/{i}" for i in range(K)]):
+def fault_watch(board, K, alive=None):
+    """A check to call every few ms; it raises ComponentFailed naming the cause: a dead process
+    (`alive`, named before its neighbours notice), a posted failure, or a neighbour gone silent
+    (a symptom: named only when no other cause came within LOST_GRACE_S)."""
+    lost_since = None
+
+    def check():
+        nonlocal lost_since
         if alive is not None:
             alive()
         if board.check(["failed"]):
             raise ComponentFailed(board.get("failed").decode())
         lost = [i for i in range(K) if board.check([f"lost/{i}"])]
-        if lost:
+        if lost and lost_since is None:
+            lost_since = time.perf_counter()
+        if lost and time.perf_counter() - lost_since > LOST_GRACE_S:
             raise ComponentFailed(board.get(f"lost/{lost[0]}").decode())
+    return check
+
+
+def monitor(run, board, K, log_seconds, alive=None):
+    """Once every component is ready, restart the run's clock (starting processes and loading
+    data is not training); then log one merged line every log_seconds until all have finished."""
+    check_faults = fault_watch(board, K, alive)
+    while not board.check([f"ready/{i}" for i in range(K)]):
+        check_faults()
         time.sleep(0.05)
     run.restart_clock()
     last_t, last_msgs, last_stale = time.perf_counter(), 0, (0, 0)
     reports, seen = {}, {}  # seen: evaluations already logged, per component
-    lost_since = None
     while True:
         deadline = last_t + log_seconds
         finished = [f"finished/{i}" for i in range(K)]
         failure = None
         try:
             while time.perf_counter() < deadline and not board.check(finished):
-                if alive is not None:  # a killed process is named before its neighbours notice
-                    alive()
-                if board.check(["failed"]):
-                    raise ComponentFailed(board.get("failed").decode())
-                lost = [i for i in range(K) if board.check([f"lost/{i}"])]
-                if lost and lost_since is None:
-                    lost_since = time.perf_counter()
-                if lost and time.perf_counter() - lost_since > LOST_GRACE_S:  # no other cause came
-                    raise ComponentFailed(board.get(f"lost/{lost[0]}").decode())
+                check_faults()
                 time.sleep(0.05)
         except ComponentFailed as error:
             failure = error  # log what the reports say so far, then stop the run
@@ -392,9 +398,11 @@ def gloo_transport(store, rank, args, farewells):
     if "GLOO_SOCKET_IFNAME" not in os.environ and (interface := interface_towards(master)):
         os.environ["GLOO_SOCKET_IFNAME"] = interface
     kind, counts = farewells  # after its neighbours' last messages the receiver thread ends
-    return GlooTransport(torch.distributed.PrefixStore("pg/", store), rank, args.components,
-                         args.peer_timeout, (kind, counts[rank]), args.latency_ms / 1000,
-                         args.jitter_ms / 1000, args.seed, join_timeout_s=args.join_timeout)
+    transport = GlooTransport(torch.distributed.PrefixStore("pg/", store), rank, args.components,
+                              args.peer_timeout, (kind, counts[rank]), args.latency_ms / 1000,
+                              args.jitter_ms / 1000, args.seed, join_timeout_s=args.join_timeout)
+    store.set_timeout(datetime.timedelta(seconds=args.peer_timeout))   # joined: a lost store is a fault
+    return transport
 
 
 def exit_with_launcher(launcher, log):
@@ -422,7 +430,6 @@ def process_worker(rank, args, make_worker, farewells, load, port, launcher):
         store = connect_store(args.master_addr, port, False, args.join_timeout)
         board = torch.distributed.PrefixStore("board/", store)
         transport = gloo_transport(store, rank, args, farewells)
-        store.set_timeout(datetime.timedelta(seconds=args.peer_timeout))   # joined: a lost store is a fault
         if run_worker(make_worker(rank, data, transport, board, device)):
             transport.close()
     except BaseException:
@@ -482,7 +489,6 @@ def run_torchrun(run, args, make_worker, farewells, data, device, rank):
     store = torchrun_store(rank, args.join_timeout)
     board = torch.distributed.PrefixStore("board/", store)
     transport = gloo_transport(store, rank, args, farewells)
-    store.set_timeout(datetime.timedelta(seconds=args.peer_timeout))   # joined: a lost host is a fault
     worker = make_worker(rank, data, transport, board, device)
     if rank != 0:  # a plain component: it ends quietly when told to stop, with one line when it failed
         if run_worker(worker):

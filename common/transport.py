@@ -284,12 +284,11 @@ class GlooTransport:
                  seed=0, join_timeout_s=30.0):
         import torch.distributed as dist
         self.dist, self.rank, self.timeout_s = dist, rank, timeout_s
-        bound = join_timeout_s
         try:
             dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
-                                    timeout=datetime.timedelta(seconds=bound))
+                                    timeout=datetime.timedelta(seconds=join_timeout_s))
         except (RuntimeError, TimeoutError) as error:
-            raise PeerFailure(f"rank {rank}: the {world_size} ranks did not all join within {bound:g} s "
+            raise PeerFailure(f"rank {rank}: the {world_size} ranks did not all join within {join_timeout_s:g} s "
                               f"({_first_line(error)}); are the others started, and can they reach "
                               "this host?") from None
         self.inbox = _Inbox(latency_s, jitter_s, seed * 1000 + rank)
