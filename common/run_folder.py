@@ -151,17 +151,20 @@ class Run:
         self.own_train_seconds = None
         self.progress = tqdm(total=total, disable=not sys.stdout.isatty(), leave=False,
                              dynamic_ncols=True, desc=script)
-        self.start = time.perf_counter()
+        self.clock, self.unit = time.perf_counter, "s"  # a simulation's run: virtual seconds
+        self.start = self.clock()
 
     # -- timing ---------------------------------------------------------------
     def elapsed(self):
-        return time.perf_counter() - self.start
+        return self.clock() - self.start
 
-    def restart_clock(self):
+    def restart_clock(self, clock=None, unit="s"):
         """From now on: what came before (starting processes, loading data) was not the run's
-        training; how long it took stays in the summary as startup_seconds."""
+        training; how long it took stays in the summary as startup_seconds. A simulation
+        passes its own clock, and its unit for the printed lines (virtual s)."""
         self.summary["startup_seconds"] = round(self.elapsed(), 3)
-        self.start = time.perf_counter()
+        self.clock, self.unit = clock or self.clock, unit
+        self.start = self.clock()
 
     def train_seconds(self):
         if self.own_train_seconds is not None:   # components that keep their own clocks
@@ -206,7 +209,7 @@ class Run:
         for name, value in accuracy.items():
             self.best[name] = max(self.best.get(name, 0.0), value)
             self.summary["test_accuracy"][name] = value
-        line = (f"iter {iteration:>7d} | epoch {epoch:6.2f} | {row['seconds']:7.1f} s"
+        line = (f"iter {iteration:>7d} | epoch {epoch:6.2f} | {row['seconds']:7.1f} {self.unit}"
                 + (" | acc " + " ".join(f"{k} {v:.4f}" for k, v in accuracy.items()) if accuracy else "")
                 + (" | loss " + " ".join(f"{k} {v:.4g}" for k, v in losses.items()) if losses else "")
                 + (" | " + " ".join(f"{k} {_fmt(v)}" for k, v in extra.items()) if extra else ""))
@@ -310,8 +313,8 @@ class Run:
     def print_table(self, status):
         acc = self.summary["test_accuracy"]
         self.print(f"== {self.script} {status}: {self.iteration} iterations, "
-                   f"{self.summary['train_seconds']:.1f} s training, "
-                   f"{self.summary['wall_seconds']:.1f} s wall, run folder {self.dir} ==")
+                   f"{self.summary['train_seconds']:.1f} {self.unit} training, "
+                   f"{self.summary['wall_seconds']:.1f} {self.unit} wall, run folder {self.dir} ==")
         if acc:
             width = max(len("component"), *(len(k) for k in acc))
             self.print(f"{'component':<{width}}  final acc  best acc")

@@ -1,6 +1,7 @@
 """The runtime that starts asynchronous components, watches them and ends the
-run: in threads of one process, in spawned processes, or as torchrun ranks
-on several hosts. Nothing here is the idea: what a component is, what its
+run: in threads of one process, in spawned processes, as torchrun ranks
+on several hosts, or on K virtual machines simulated in one process
+(--backend virtual, common/virtual_time.py). Nothing here is the idea: what a component is, what its
 messages mean and how it learns live in async_mach.py, which hands this
 module a worker factory
 
@@ -78,8 +79,9 @@ REPORT_S = 0.5         # and posts its progress on the board this often
 def add_arguments(parser):
     """The runtime's flags, as one argument group (returned)."""
     run = parser.add_argument_group("running (common/runtime.py)")
-    run.add_argument("--backend", choices=("thread", "process", "torchrun"), default="thread",
-                     help="thread: one process; process: one per component; torchrun: ranks")
+    run.add_argument("--backend", choices=("thread", "process", "torchrun", "virtual"), default="thread",
+                     help="thread: one process; process: one per component; torchrun: ranks; "
+                          "virtual: K simulated machines on virtual time (deterministic)")
     run.add_argument("--seconds", type=cli.positive_float, default=None,
                      help="stop each component after this many seconds (overrides --iterations)")
     run.add_argument("--log-seconds", type=cli.positive_float, default=2.0,
@@ -92,6 +94,10 @@ def add_arguments(parser):
                      help="seconds of silence after which a neighbour is declared dead")
     run.add_argument("--join-timeout", type=cli.positive_float, default=30.0,
                      help="seconds a process waits for the rendezvous store and for every rank to join")
+    run.add_argument("--gflops", type=cli.positive_float, default=None,
+                     help="virtual: each machine's speed (default: this machine's, measured)")
+    run.add_argument("--speeds", type=cli.positive_float, nargs="+", default=None,
+                     help="virtual: one speed factor per component (0.1: ten times slower)")
     run.add_argument("--master-addr", default="127.0.0.1",
                      help="process backend: address of the rendezvous store")
     run.add_argument("--master-port", type=cli.nonnegative_int, default=0,
@@ -113,6 +119,12 @@ def validate(args):
         if chosen is not None and chosen >= K:
             raise cli.UserError(f"{flag} {chosen}: there are only {K} components, "
                                 f"numbered 0 to {K - 1}")
+    for flag in ("--gflops", "--speeds"):
+        if getattr(args, flag[2:]) is not None and args.backend != "virtual":
+            raise cli.UserError(f"{flag} sets the simulated machines: use it with --backend virtual")
+    if args.speeds is not None and len(args.speeds) != K:
+        raise cli.UserError(f"--speeds gives {len(args.speeds)} factors for {K} components; "
+                            f"give one per component (or pass --components {len(args.speeds)})")
     if args.backend != "torchrun":
         return
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -153,40 +165,47 @@ def launch(run, args, make_worker, farewells, device, data=None, load=None):
         run_threads(run, args, make_worker, data, device)
     elif args.backend == "process":
         run_processes(run, args, make_worker, farewells, load)
+    elif args.backend == "virtual":
+        run_virtual(run, args, make_worker, data, device)
     else:
         run_torchrun(run, args, make_worker, farewells, data, device, rank(args))
 
 
 class Pulse:
     """A component's side of the runtime, made when its loop starts and called once
-    per turn. It uses the worker's rank, board, neighbours, `send(dst, **message)`
-    and `progress()` (the worker's figures for its report, see post_report)."""
+    per turn. It uses the worker's rank, board, neighbours, `send(dst, **message)`,
+    `progress()` (the worker's figures for its report, see post_report) and the clock
+    of its transport, `net.clock` (wall time, or virtual time: then each call is where
+    the simulator ends this component's turn and gives it the next)."""
 
     def __init__(self, worker, args):
         self.rank, self.board, self.neighbours = worker.rank, worker.board, worker.neighbours
-        self.send, self.progress = worker.send, worker.progress
+        self.send, self.progress, self.clock = worker.send, worker.progress, worker.net.clock
         self.peer_timeout, self.seconds = args.peer_timeout, args.seconds
         self.slow_s = args.slow_ms / 1000 if args.slow_component == worker.rank else 0.0
         self.fail_after = args.fail_after if args.fail_component == worker.rank else None
-        self.start = now = time.perf_counter()
+        self.start = now = self.clock.now()
         self.last = {n: now for n in self.neighbours}
         self.next_beat = self.next_report = now
+        self.evaluations = 0  # a new accuracy is reported at once
 
     def due(self, transport, idle):
         """Every message that is due now; an idle loop waits a few ms for the first."""
         while (m := transport.receive(0.005 if idle else 0.0)) is not None:
-            self.last[m["src"]] = time.perf_counter()
+            self.last[m["src"]] = self.clock.now()
             yield m
             idle = False
 
     def __call__(self, quiet=()):
         """Report, stop, beat, and check for silence (except from the `quiet` neighbours)."""
-        now = time.perf_counter()
-        if now >= self.next_report:
+        self.clock.tick()
+        now = self.clock.now()
+        progress = self.progress()
+        if now >= self.next_report or progress.get("evaluations", 0) > self.evaluations:
             if self.board.check(["stop"]):
                 raise Stopped()
-            self.report()
-            self.next_report = now + REPORT_S
+            self.report(progress)
+            self.next_report, self.evaluations = now + REPORT_S, progress.get("evaluations", 0)
         if now >= self.next_beat:
             for n in self.neighbours:
                 self.send(n, kind="beat")
@@ -196,20 +215,20 @@ class Pulse:
                 raise PeerFailure(f"component_{n} sent nothing for {self.peer_timeout:g} s "
                                   "(it died or the link is down)")
 
-    def report(self, finished=False):
-        post_report(self.board, self.rank, self.progress(), finished=finished,
-                    seconds=time.perf_counter() - self.start)
+    def report(self, progress=None, finished=False):
+        post_report(self.board, self.rank, progress or self.progress(), finished=finished,
+                    seconds=self.clock.now() - self.start)
 
     def time_is_up(self, steps, iterations):
         """After --seconds if it was given, else after `iterations` steps."""
         if self.seconds is not None:
-            return time.perf_counter() - self.start >= self.seconds
+            return self.clock.now() - self.start >= self.seconds
         return steps >= iterations
 
     def before_step(self, steps):
         """The hidden test flags: --slow-component sleeps, --fail-component raises."""
         if self.slow_s:
-            time.sleep(self.slow_s)
+            self.clock.sleep(self.slow_s)
         if self.fail_after is not None and steps >= self.fail_after:
             raise RuntimeError(f"failing on purpose after {self.fail_after} steps "
                                "(--fail-component)")
@@ -307,46 +326,58 @@ def monitor(run, board, K, log_seconds, alive=None):
         check_faults()
         time.sleep(0.05)
     run.restart_clock()
-    last_t, last_msgs, last_stale = time.perf_counter(), 0, (0, 0)
-    reports, seen = {}, {}  # seen: evaluations already logged, per component
+    log = MergedLog(run, board, K)
     while True:
-        deadline = last_t + log_seconds
+        deadline = time.perf_counter() + log_seconds
         finished = [f"finished/{i}" for i in range(K)]
-        failure = None
         try:
             while time.perf_counter() < deadline and not board.check(finished):
                 check_faults()
                 time.sleep(0.05)
-        except ComponentFailed as error:
-            failure = error  # log what the reports say so far, then stop the run
-        for i in range(K):
-            if board.check([f"report/{i}"]):
-                reports[i] = json.loads(board.get(f"report/{i}"))
-        now = time.perf_counter()
+        except ComponentFailed:
+            log()  # what the reports say so far, then stop the run
+            raise
+        if log():
+            return
+
+
+class MergedLog:
+    """One line (and metrics row) from the components' latest reports: their steps, the mean
+    ce, the accuracies measured since the last line, msg/s, staleness, queues, drops."""
+
+    def __init__(self, run, board, K):
+        self.run, self.board, self.K = run, board, K
+        self.reports, self.seen = {}, {}  # seen: evaluations already logged, per component
+        self.last_t, self.last_msgs, self.last_stale = run.elapsed(), 0, (0, 0)
+
+    def __call__(self):
+        """Log a line; True once every component has finished."""
+        reports = self.reports
+        for i in range(self.K):
+            if self.board.check([f"report/{i}"]):
+                reports[i] = json.loads(self.board.get(f"report/{i}"))
+        now = self.run.elapsed()
         msgs = sum(r["received"] for r in reports.values())
         stale = (sum(r["staleness_sum"] for r in reports.values()),
                  sum(r["staleness_n"] for r in reports.values()))
-        d_stale = (stale[0] - last_stale[0]) / max(1, stale[1] - last_stale[1])
-        row_extra = {"msg/s": round((msgs - last_msgs) / (now - last_t), 1),
+        d_stale = (stale[0] - self.last_stale[0]) / max(1, stale[1] - self.last_stale[1])
+        row_extra = {"msg/s": round((msgs - self.last_msgs) / max(now - self.last_t, 1e-9), 1),
                      "stale": round(d_stale, 2),
                      "queue": sum(r["queue"] for r in reports.values()),
                      "drops": sum(r["drops"] for r in reports.values())}
-        last_t, last_msgs, last_stale = now, msgs, stale
+        self.last_t, self.last_msgs, self.last_stale = now, msgs, stale
         # Only accuracies measured since the last line: a component that evaluates rarely
         # leaves its cell empty rather than repeat an old number as if it were current.
         accuracy = {f"component_{i}": r["accuracy"] for i, r in sorted(reports.items())
-                    if r["accuracy"] is not None and r["evaluations"] > seen.get(i, 0)}
-        seen.update({i: r["evaluations"] for i, r in reports.items()})
+                    if r["accuracy"] is not None and r["evaluations"] > self.seen.get(i, 0)}
+        self.seen.update({i: r["evaluations"] for i, r in reports.items()})
         epoch = sum(r["epoch"] for r in reports.values()) / max(1, len(reports))
         steps = sum(r["steps"] for r in reports.values())
         ce = [r["ce"] for r in reports.values() if r["ce"]]
-        run.log(steps, epoch, accuracy=accuracy,
-                losses={"ce": sum(ce) / len(ce)} if ce else None, extra=row_extra)
-        summarise(run, reports, stale)
-        if failure is not None:
-            raise failure
-        if len(reports) == K and all(r["finished"] for r in reports.values()):
-            return
+        self.run.log(steps, epoch, accuracy=accuracy,
+                     losses={"ce": sum(ce) / len(ce)} if ce else None, extra=row_extra)
+        summarise(self.run, reports, stale)
+        return len(reports) == self.K and all(r["finished"] for r in reports.values())
 
 
 def summarise(run, reports, stale):
@@ -389,6 +420,38 @@ def run_threads(run, args, make_worker, data, device):
         board.set("stop", "1")
         for t in threads:
             t.join(timeout=args.peer_timeout + 5)
+
+
+def run_virtual(run, args, make_worker, data, device):
+    """K virtual machines in this process (common/virtual_time.py): every component a thread,
+    but only the one with the earliest virtual clock runs, one turn at a time. The run's clock
+    is virtual (the earliest component's); summary.real_seconds is what the simulation took."""
+    from common.virtual_time import VirtualWorld, measure_gflops
+    K, board, began = args.components, DictBoard(), time.perf_counter()
+    gflops = args.gflops or measure_gflops(args.batch_size)
+    world = VirtualWorld(K, gflops, args.speeds or [1.0] * K, args.latency_ms / 1000,
+                         args.jitter_ms / 1000, args.seed, Stopped)
+    workers = [make_worker(i, data, world.transports[i], board, device) for i in range(K)]
+    threads = [threading.Thread(target=world.run_component, args=(w.rank, run_worker, w),
+                                daemon=True, name=f"component_{w.rank}") for w in workers]
+    run.summary.update(clock="virtual", gflops=gflops, speeds=args.speeds or [1.0] * K)
+    for t in threads:
+        t.start()
+    run.restart_clock(world.now, unit="virtual s")
+    check_faults, log, next_line = fault_watch(board, K), MergedLog(run, board, K), 0.0
+    try:
+        while world.next_turn():
+            check_faults()
+            if world.now() >= next_line:
+                log()
+                next_line += args.log_seconds
+        check_faults()
+        log()
+    finally:
+        world.stop()
+        for t in threads:
+            t.join(timeout=args.peer_timeout + 5)
+        run.summary["real_seconds"] = round(time.perf_counter() - began, 3)
 
 
 def gloo_transport(store, rank, args, farewells):

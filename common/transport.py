@@ -19,11 +19,16 @@ Two planes:
     post their progress reports, failures and the stop signal. Threads use a
     dict; processes use torch.distributed's TCPStore (the rendezvous store).
 
+Each transport also carries its component's clock (`transport.clock`): wall
+time here (WALL_CLOCK); virtual time in the simulator (common/virtual_time.py),
+where the same component code runs with the same messages.
+
 Simulated network delay (`latency_s`, `jitter_s`) is applied on arrival:
 each message is held until arrival + latency + U(0, jitter), never before
 an earlier message from the same sender (links stay first-in first-out,
 like TCP, which the shutdown handshake relies on).
 """
+import contextlib
 import datetime
 import heapq
 import itertools
@@ -198,6 +203,21 @@ def decode(payload):
     return message
 
 
+class WallClock:
+    """A component's clock on a real backend: the wall clock. `tick` is where the
+    simulator takes its turns; `off_the_clock` is where it stops its clock."""
+    now, sleep = staticmethod(time.perf_counter), staticmethod(time.sleep)
+
+    def tick(self):
+        pass
+
+    def off_the_clock(self):
+        return contextlib.nullcontext()
+
+
+WALL_CLOCK = WallClock()
+
+
 # -- the delay line shared by both transports ---------------------------------
 class _Inbox:
     """Arrived messages, each released when its simulated delay has passed."""
@@ -251,6 +271,7 @@ class _Inbox:
 # -- transports ---------------------------------------------------------------
 class ThreadTransport:
     """Components as threads of one process: a send is a put into the inbox."""
+    clock = WALL_CLOCK
 
     def __init__(self, rank, inboxes):
         self.rank, self.inboxes = rank, inboxes
@@ -279,6 +300,7 @@ class GlooTransport:
     itself once `last` = (kind, count) final messages have arrived. Joining
     the group waits at most `join_timeout_s` for every rank.
     """
+    clock = WALL_CLOCK
 
     def __init__(self, store, rank, world_size, timeout_s, last, latency_s=0.0, jitter_s=0.0,
                  seed=0, join_timeout_s=30.0):

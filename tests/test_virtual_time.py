@@ -1,0 +1,94 @@
+"""The virtual-time backend (common/virtual_time.py, async_mach.py --backend virtual):
+deterministic, messages never arrive before their latency, staleness as computed by
+hand, and speeds that slow one machine down."""
+from conftest import read_run, run_script
+
+from common.virtual_time import VirtualWorld
+
+SCRIPT = "async_mach.py"
+
+
+def virtual(tiny_data, out, *extra):
+    return ("--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1", "--out", out,
+            "--backend", "virtual", "--gflops", "10", "--eval-every", "10",
+            "--log-seconds", "0.05", *extra)
+
+
+def test_the_same_seed_gives_the_same_numbers(tiny_data, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        result = run_script(SCRIPT, *virtual(tiny_data, out, "--iterations", "20", "--forward", "child",
+                                             "--latency-ms", "3", "--jitter-ms", "4"))
+        assert result.returncode == 0, result.stderr
+        assert " virtual s " in result.stdout   # times are labelled virtual
+        runs.append(read_run(out))
+    (_, a, rows_a), (_, b, rows_b) = runs
+    assert a["clock"] == "virtual" and a["real_seconds"] > 0
+    assert rows_a == rows_b and len(rows_a) > 3   # every logged number, virtual times included
+    assert a["components"] == b["components"] and a["test_accuracy"] == b["test_accuracy"]
+    assert sum(c["messages_received"] for c in a["components"].values()) > 0
+
+
+def test_a_message_arrives_no_earlier_than_its_latency_and_links_stay_in_order():
+    world = VirtualWorld(2, gflops=1.0, speeds=[1.0, 1.0], latency_s=0.050, jitter_s=0.020,
+                         seed=0, stopped=RuntimeError)
+    sender, receiver = world.transports[0], world.transports[1]
+    sent = []
+    for i, t in enumerate([1.000, 1.001, 1.002, 1.003]):
+        world.clocks[0].t = t
+        sender.send(1, {"kind": "x", "n": i})
+        sent.append(t)
+    arrivals = [arrival for arrival, _, _ in sorted(world.inboxes[1])]
+    assert all(a >= t + 0.050 for a, t in zip(arrivals, sent))
+    assert all(a <= t + 0.070 for a, t in zip(arrivals, sent))
+    clock = world.clocks[1]
+    clock.turn_began = sent[0] + 0.050 - 1e-9   # a turn that began before the first arrival
+    assert receiver.receive() is None
+    clock.turn_began = 2.0                      # long after: all four, in the order sent
+    assert [receiver.receive()["n"] for _ in range(4)] == [0, 1, 2, 3]
+    assert receiver.receive() is None
+
+
+def hand_computed_staleness(N):
+    """K = 2 kgraph (each is the other's parent and child), equal speeds, no latency,
+    --forward student, LIFO, one gradient per learn step. The two run mirror images of
+    each other in rounds: a round begins with both clocks equal, and in it each handles
+    what the other sent in the round before, then steps. With V_r its version (optimizer
+    steps) when round r begins:
+      round 1: own step                                   -> staleness 0
+      round 2: answers the spike of round 1; own step     -> 0
+      round 3: the answer to its spike of round 1 (gradient at V_3), answers a spike; own
+               step. LIFO learns own (0), then the answer's gradient (1)
+      round r >= 4: also the delayed gradient for the answer it gave in round r-2, at
+               V_{r-2}, learned third: staleness V_r + 2 - V_{r-2}: 5 in round 4 (one step
+               in round 2), 7 in round 5, then 8 (three learn steps a round)
+      round N+1: done, no step: the answer's gradient (0), then the delayed one (7).
+    """
+    per_round = [0, 0, 0 + 1, 0 + 1 + 5, 0 + 1 + 7] + [0 + 1 + 8] * (N - 5) + [0 + 7]
+    learned = [1, 1, 2] + [3] * (N - 3) + [2]
+    return sum(per_round), sum(learned)
+
+
+def test_staleness_matches_a_hand_computed_schedule(tiny_data, tmp_path):
+    N = 8
+    out = tmp_path / "run"
+    result = run_script(SCRIPT, *virtual(tiny_data, out, "--components", "2", "--topology", "kgraph",
+                                         "--iterations", N))
+    assert result.returncode == 0, result.stderr
+    staleness_sum, learned = hand_computed_staleness(N)
+    for c in read_run(out)[1]["components"].values():
+        assert c["steps"] == N and c["learn_steps"] == learned == 3 * N - 3
+        assert c["mean_staleness"] == round(staleness_sum / learned, 3)   # 49 / 21
+
+
+def test_a_slow_machine_is_slow_in_virtual_time_and_holds_nobody_back(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    result = run_script(SCRIPT, *virtual(tiny_data, out, "--components", "2", "--seconds", "1",
+                                         "--speeds", "0.1", "1"))
+    assert result.returncode == 0, result.stderr
+    parts = read_run(out)[1]["components"]
+    slow, fast = parts["component_0"]["steps"], parts["component_1"]["steps"]
+    assert fast >= 5 * slow > 0
+    for c in parts.values():   # --seconds counts virtual time (then the two say goodbye)
+        assert 1.0 <= c["seconds"] < 3.0
