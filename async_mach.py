@@ -205,6 +205,7 @@ class Worker:
         self.answered = collections.OrderedDict()  # (parent, key) -> what the answer used
         self.done_sent, self.done_from, self.bye_sent, self.bye_from = False, set(), set(), set()
         self.stats, self.accuracy, self.waiting = collections.Counter(), None, False
+        self.staleness = collections.Counter()  # staleness -> gradients learned at it
 
     def batch(self, ids):
         ids = ids.to(self.data.train_x.device)
@@ -330,8 +331,7 @@ class Worker:
         self.stats["queue_max"] = max(self.stats["queue_max"], len(self.queue.items))
         while len(self.queue.items) >= self.args.accumulate:
             batch = self.queue.pop(self.args.accumulate)
-            self.stats["staleness_sum"] += sum(self.version - v for _, v in batch)
-            self.stats["staleness_n"] += len(batch)
+            self.staleness.update(str(self.version - v) for _, v in batch)
             learn_step(self.params, self.optimizer, batch)
             self.version += 1
 
@@ -344,8 +344,8 @@ class Worker:
         self.stats["evaluations"] += 1  # so the monitor logs each accuracy once, when it is new
 
     def progress(self):  # what the runtime's monitor reports and sums
-        return dict(self.stats, learn_steps=self.version, epoch=self.stream.epoch,
-                    accuracy=self.accuracy, queue=len(self.queue.items), drops=self.queue.drops)
+        return dict(self.stats, learn_steps=self.version, epoch=self.stream.epoch, accuracy=self.accuracy,
+                    queue=len(self.queue.items), drops=self.queue.drops, staleness=self.staleness)
 
     def run(self):  # the loop
         pulse = runtime.Pulse(self, self.args)  # reports, stop, heartbeats, dead peers, --seconds

@@ -234,25 +234,46 @@ def flatten(value, prefix=""):
     return [pair for key, inner in value.items() for pair in flatten(inner, f"{prefix}{key}.")]
 
 
+def goal_rows(found):
+    return [[data.get("benchmark", path.stem), goal["figure"], cell(goal["value"]), goal["target"] or "-",
+             "reported, no target" if goal["target"] is None else "not measured" if goal["met"] is None
+             else "met" if goal["met"] else "**missed**"]
+            for path, data in found for goal in data.get("targets", [])]
+
+
+def benchmark_tables(path, data):
+    """One benchmark's tables, as it declared them (or every figure it wrote)."""
+    where = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path.name
+    lines = [f"**{data.get('benchmark', path.stem)}** ({data.get('hardware', 'hardware not recorded')}, "
+             f"torch {data.get('torch', 'not recorded')}; raw: `{where}`)", ""]
+    rows = data.get("rows") or [{"figure": key, "value": value} for key, value in flatten(data)
+                                if key.split(".")[0] not in ("benchmark", "hardware", "torch", "targets")]
+    for title, entries in (rows if isinstance(rows, dict) else {"": rows}).items():
+        columns = list(dict.fromkeys(key for entry in entries for key in entry))
+        lines += ([f"*{title}*", ""] if title else []) + table(
+            columns, [[cell(entry.get(key, "")) for key in columns] for entry in entries]) + [""]
+    return lines
+
+
 def benchmarks_block(results):
-    """Every benchmark's targets in one table, then each one's figures as it wrote them."""
+    """Every benchmark's targets in one table, then each one's tables as it wrote them."""
     found = [(path, json.loads(path.read_text())) for path in sorted(Path(results, "benchmarks").glob("*.json"))]
-    goals = [[data.get("benchmark", path.stem), goal["figure"], cell(goal["value"]), goal["target"] or "-",
-              "reported, no target" if goal["target"] is None else "not measured" if goal["met"] is None
-              else "met" if goal["met"] else "**missed**"]
-             for path, data in found for goal in data.get("targets", [])]
+    goals = goal_rows(found)
     lines = table(["benchmark", "figure", "measured", "target", "verdict"], goals) + [""] if goals else []
     for path, data in found:
-        where = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path.name
-        lines += [f"**{data.get('benchmark', path.stem)}** ({data.get('hardware', 'hardware not recorded')}, "
-                  f"torch {data.get('torch', 'not recorded')}; raw: `{where}`)", ""]
-        rows = data.get("rows") or [{"figure": key, "value": value} for key, value in flatten(data)
-                                    if key.split(".")[0] not in ("benchmark", "hardware", "torch", "targets")]
-        for title, entries in (rows if isinstance(rows, dict) else {"": rows}).items():
-            columns = list(dict.fromkeys(key for entry in entries for key in entry))
-            lines += ([f"*{title}*", ""] if title else []) + table(
-                columns, [[cell(entry.get(key, "")) for key in columns] for entry in entries]) + [""]
+        lines += benchmark_tables(path, data)
     return lines or ["(no benchmark results yet under results/benchmarks/)"]
+
+
+def benchmark_block(results, name):
+    """A `benchmark:<name>` block of README.md: that benchmark's goals, tables and figures."""
+    path = Path(results, "benchmarks", f"{name}.json")
+    if not path.exists():
+        return [f"(no results yet: python benchmarks/{name}.py)"]
+    data = json.loads(path.read_text())
+    goals = goal_rows([(path, data)])
+    lines = table(["goal", "measured", "target", "verdict"], [g[1:] for g in goals]) + [""] if goals else []
+    return lines + benchmark_tables(path, data) + [f"![{name}: {Path(f).stem}]({f})" for f in data.get("figures", [])]
 
 
 def replace_block(text, name, lines, where):
@@ -282,6 +303,8 @@ def main(argv=None):
     bench = replace_block(bench_path.read_text(), "benchmarks", benchmarks_block(args.results),
                           args.benchmarks_readme)
     readme = replace_block(readme_path.read_text(), "headline", headline_block(groups, args.scripts), args.readme)
+    for name in re.findall(r"<!-- benchmark:([\w-]+):begin -->", readme):
+        readme = replace_block(readme, f"benchmark:{name}", benchmark_block(args.results, name), args.readme)
     for script in re.findall(r"<!-- results:([\w-]+):begin -->", readme):
         block = (script_block(script, groups[script], found[script], readme_path.resolve().parent, every)
                  if script in groups else [f"(no runs logged yet under results/{script}/)"])

@@ -26,9 +26,10 @@ workers talk:
     stop             the run is over (a failure, Ctrl-C, or the end): every loop leaves
 
 A report (post_report) holds the COUNTED figures (steps, messages sent and
-received, staleness_sum and _n, queue_max, spikes_skipped, grads_lost, the
-last ce and distill, eval_seconds) and learn_steps, epoch, accuracy (None
-before the first evaluation), queue, drops, seconds and finished. The
+received, queue_max, spikes_skipped, grads_lost, the last ce and distill,
+eval_seconds) and learn_steps, epoch, accuracy (None before the first
+evaluation), queue, drops, staleness ({staleness: gradients learned at it}),
+seconds and finished. The
 monitor merges the reports into one logged line every --log-seconds and
 into the summary's per-component figures.
 
@@ -94,10 +95,14 @@ def add_arguments(parser):
                      help="seconds of silence after which a neighbour is declared dead")
     run.add_argument("--join-timeout", type=cli.positive_float, default=30.0,
                      help="seconds a process waits for the rendezvous store and for every rank to join")
-    run.add_argument("--gflops", type=cli.positive_float, default=None,
-                     help="virtual: each machine's speed (default: this machine's, measured)")
+    run.add_argument("--machine", type=cli.positive_float, nargs=3, default=None,
+                     metavar=("GFLOPS", "GELEMENTS", "OP_US"),
+                     help="virtual: each machine's speed: matrix-multiply GFLOP/s, 1e9 elements/s "
+                          "written by other ops, microseconds per op (default: this one's, measured)")
     run.add_argument("--speeds", type=cli.positive_float, nargs="+", default=None,
                      help="virtual: one speed factor per component (0.1: ten times slower)")
+    run.add_argument("--stop-at-accuracy", type=cli.positive_float, default=None, metavar="A",
+                     help="virtual: end the run once every component has reached test accuracy A")
     run.add_argument("--master-addr", default="127.0.0.1",
                      help="process backend: address of the rendezvous store")
     run.add_argument("--master-port", type=cli.nonnegative_int, default=0,
@@ -119,9 +124,9 @@ def validate(args):
         if chosen is not None and chosen >= K:
             raise cli.UserError(f"{flag} {chosen}: there are only {K} components, "
                                 f"numbered 0 to {K - 1}")
-    for flag in ("--gflops", "--speeds"):
-        if getattr(args, flag[2:]) is not None and args.backend != "virtual":
-            raise cli.UserError(f"{flag} sets the simulated machines: use it with --backend virtual")
+    for flag in ("--machine", "--speeds", "--stop-at-accuracy"):
+        if getattr(args, flag[2:].replace("-", "_")) is not None and args.backend != "virtual":
+            raise cli.UserError(f"{flag} is for the simulated machines: use it with --backend virtual")
     if args.speeds is not None and len(args.speeds) != K:
         raise cli.UserError(f"--speeds gives {len(args.speeds)} factors for {K} components; "
                             f"give one per component (or pass --components {len(args.speeds)})")
@@ -188,6 +193,7 @@ class Pulse:
         self.last = {n: now for n in self.neighbours}
         self.next_beat = self.next_report = now
         self.evaluations = 0  # a new accuracy is reported at once
+        self.report_every = min(REPORT_S, args.log_seconds)
 
     def due(self, transport, idle):
         """Every message that is due now; an idle loop waits a few ms for the first."""
@@ -205,7 +211,7 @@ class Pulse:
             if self.board.check(["stop"]):
                 raise Stopped()
             self.report(progress)
-            self.next_report, self.evaluations = now + REPORT_S, progress.get("evaluations", 0)
+            self.next_report, self.evaluations = now + self.report_every, progress.get("evaluations", 0)
         if now >= self.next_beat:
             for n in self.neighbours:
                 self.send(n, kind="beat")
@@ -234,13 +240,13 @@ class Pulse:
                                "(--fail-component)")
 
 
-COUNTED = ("steps", "sent", "received", "staleness_sum", "staleness_n", "queue_max",
+COUNTED = ("steps", "sent", "received", "queue_max",
            "spikes_skipped", "grads_lost", "ce", "distill", "eval_seconds", "evaluations")
 
 
 def post_report(board, rank, progress, **fields):
     """Post a worker's report: its progress (each COUNTED figure 0 until counted) and fields."""
-    report = dict({k: 0 for k in COUNTED}, **progress, **fields)
+    report = dict({"staleness": {}, **{k: 0 for k in COUNTED}}, **progress, **fields)
     board.set(f"report/{rank}", json.dumps(report))
 
 
@@ -348,6 +354,8 @@ class MergedLog:
     def __init__(self, run, board, K):
         self.run, self.board, self.K = run, board, K
         self.reports, self.seen = {}, {}  # seen: evaluations already logged, per component
+        self.target = getattr(run.args, "stop_at_accuracy", None)
+        self.reached = set()  # components whose accuracy has reached --stop-at-accuracy
         self.last_t, self.last_msgs, self.last_stale = run.elapsed(), 0, (0, 0)
 
     def __call__(self):
@@ -358,8 +366,8 @@ class MergedLog:
                 reports[i] = json.loads(self.board.get(f"report/{i}"))
         now = self.run.elapsed()
         msgs = sum(r["received"] for r in reports.values())
-        stale = (sum(r["staleness_sum"] for r in reports.values()),
-                 sum(r["staleness_n"] for r in reports.values()))
+        totals = [staleness_totals(r) for r in reports.values()]
+        stale = (sum(t[0] for t in totals), sum(t[1] for t in totals))
         d_stale = (stale[0] - self.last_stale[0]) / max(1, stale[1] - self.last_stale[1])
         row_extra = {"msg/s": round((msgs - self.last_msgs) / max(now - self.last_t, 1e-9), 1),
                      "stale": round(d_stale, 2),
@@ -371,6 +379,8 @@ class MergedLog:
         accuracy = {f"component_{i}": r["accuracy"] for i, r in sorted(reports.items())
                     if r["accuracy"] is not None and r["evaluations"] > self.seen.get(i, 0)}
         self.seen.update({i: r["evaluations"] for i, r in reports.items()})
+        self.reached.update(i for i, r in reports.items()
+                            if self.target and (r["accuracy"] or 0) >= self.target)
         epoch = sum(r["epoch"] for r in reports.values()) / max(1, len(reports))
         steps = sum(r["steps"] for r in reports.values())
         ce = [r["ce"] for r in reports.values() if r["ce"]]
@@ -378,6 +388,12 @@ class MergedLog:
                      losses={"ce": sum(ce) / len(ce)} if ce else None, extra=row_extra)
         summarise(self.run, reports, stale)
         return len(reports) == self.K and all(r["finished"] for r in reports.values())
+
+
+def staleness_totals(report):
+    """(sum of the staleness of every gradient learned, how many) from a report's histogram."""
+    counts = report["staleness"]
+    return sum(int(k) * n for k, n in counts.items()), sum(counts.values())
 
 
 def summarise(run, reports, stale):
@@ -388,7 +404,8 @@ def summarise(run, reports, stale):
                                train_steps_per_second=round(
                                    r["steps"] / max(r["seconds"] - r["eval_seconds"], 1e-9), 2),
                                messages_received=r["received"], messages_sent=r["sent"],
-                               mean_staleness=round(r["staleness_sum"] / max(1, r["staleness_n"]), 3),
+                               mean_staleness=round(staleness_totals(r)[0] / max(1, staleness_totals(r)[1]), 3),
+                               staleness=dict(sorted(r["staleness"].items(), key=lambda kv: int(kv[0]))),
                                queue_max=r["queue_max"], drops=r["drops"],
                                spikes_skipped=r["spikes_skipped"], grads_lost=r["grads_lost"],
                                seconds=round(r["seconds"], 3))
@@ -426,25 +443,30 @@ def run_virtual(run, args, make_worker, data, device):
     """K virtual machines in this process (common/virtual_time.py): every component a thread,
     but only the one with the earliest virtual clock runs, one turn at a time. The run's clock
     is virtual (the earliest component's); summary.real_seconds is what the simulation took."""
-    from common.virtual_time import VirtualWorld, measure_gflops
+    from common.virtual_time import VirtualWorld, measure_machine
     K, board, began = args.components, DictBoard(), time.perf_counter()
-    gflops = args.gflops or measure_gflops(args.batch_size)
-    world = VirtualWorld(K, gflops, args.speeds or [1.0] * K, args.latency_ms / 1000,
+    machine = (dict(zip(("gflops", "gelements", "op_us"), args.machine)) if args.machine
+               else measure_machine(args.batch_size))
+    world = VirtualWorld(K, machine, args.speeds or [1.0] * K, args.latency_ms / 1000,
                          args.jitter_ms / 1000, args.seed, Stopped)
     workers = [make_worker(i, data, world.transports[i], board, device) for i in range(K)]
     threads = [threading.Thread(target=world.run_component, args=(w.rank, run_worker, w),
                                 daemon=True, name=f"component_{w.rank}") for w in workers]
-    run.summary.update(clock="virtual", gflops=gflops, speeds=args.speeds or [1.0] * K)
+    run.summary.update(clock="virtual", machine=machine, speeds=args.speeds or [1.0] * K)
     for t in threads:
         t.start()
     run.restart_clock(world.now, unit="virtual s")
     check_faults, log, next_line = fault_watch(board, K), MergedLog(run, board, K), 0.0
+    target = args.stop_at_accuracy
     try:
         while world.next_turn():
             check_faults()
             if world.now() >= next_line:
                 log()
                 next_line += args.log_seconds
+                if target and len(log.reached) == K:
+                    run.summary["stopped_at_accuracy"] = target
+                    break
         check_faults()
         log()
     finally:

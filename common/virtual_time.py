@@ -4,16 +4,20 @@ code (async_mach.Worker), sending the same messages, as on the thread,
 process and torchrun backends; only their clocks and their links differ.
 
   * Each component has its own clock, in virtual seconds, which advances only
-    by the work the component does: every matrix multiply its torch ops run,
-    forward and backward (counted by a torch dispatch mode with the formulas of
-    torch.utils.flop_counter), costs
+    by the work the component does. Every torch op it runs, forward and
+    backward (seen by a torch dispatch mode), costs
 
-        flops / (gflops * 1e9 * speed)        --gflops, --speeds (one per component)
+        (flops / gflops + elements / gelements) * 1e-9 + op_us * 1e-6,   divided by its speed
 
-    --gflops defaults to this machine's rate on a component-sized training
-    step (`measure_gflops`, at start-up). Evaluation is off the clock (an
-    observer's measurement, not the component's work); so are element-wise ops
-    (the optimizer's update, activations) and encoding messages: a model, stated.
+    flops: of a matrix multiply (torch.utils.flop_counter's formulas), else 0;
+    elements: what any other op writes (activations; for Adam's in-place update,
+    the tensors it is given);
+    op_us: the fixed cost of one op. --machine GFLOPS GELEMENTS OP_US sets the
+    three; by default they are measured on this machine at start-up
+    (`measure_machine`), which predicts a component's steps within about 25 %.
+    --speeds scales each component (0.1: ten times slower). Evaluation is off
+    the clock (an observer's measurement, not the component's work); encoding
+    messages costs nothing (there is none: tensors are handed over).
   * A message sent at virtual time t arrives at t + latency + U(0, jitter),
     never before an earlier message on the same link (first-in first-out).
   * One component runs at a time: the scheduler runs the one whose clock is
@@ -27,8 +31,10 @@ process and torchrun backends; only their clocks and their links differ.
     timeout) is next due when the first message in its inbox arrives or its
     timeout ends, whichever is earlier: it sleeps until then, in virtual time.
   * Deterministic: the same flags and seed give the same numbers, whatever the
-    machine's speed; pass the --gflops a run reported to repeat it elsewhere.
+    machine's speed; pass the --machine a run reported to repeat it elsewhere.
 """
+import contextlib
+import functools
 import heapq
 import itertools
 import random
@@ -38,28 +44,75 @@ import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import flop_registry
+
+from common.models import make_optimizer
 
 INBOX_LIMIT = 10_000  # the protocol bounds traffic far below this; a safety net
 
 
-class VirtualClock(TorchDispatchMode):
-    """One component's clock. Entered on its thread, it counts that thread's matrix multiplies."""
+@functools.lru_cache(maxsize=4096)
+def _flops_of_shapes(func, shapes, out_shape):
+    meta = lambda s: torch.empty(s, device="meta") if isinstance(s, torch.Size) else s
+    return flop_registry[func.overloadpacket](*map(meta, shapes), out_val=meta(out_shape))
 
-    def __init__(self, rank, world, seconds_per_flop):
+
+def matmul_flops(func, count, args, kwargs, out):
+    """The flops of a matrix multiply, remembered by its arguments' shapes (the formulas are slow)."""
+    if kwargs or not isinstance(out, torch.Tensor) or not all(
+            isinstance(a, (torch.Tensor, int, float)) for a in args):
+        return count(*args, **kwargs, out_val=out)
+    return _flops_of_shapes(func, tuple(a.shape if isinstance(a, torch.Tensor) else a for a in args),
+                            out.shape)
+
+
+class Counting(TorchDispatchMode):
+    """The flops, elements and ops of the torch ops run inside, on this thread, while counting."""
+
+    def __init__(self):
         super().__init__()
-        self.rank, self.world, self.seconds_per_flop = rank, world, seconds_per_flop
-        self.t, self.counting, self.had_turn = 0.0, True, False
-        self.waiting_until = None  # while it waits for a message: when its timeout ends
-        self.turn_began = 0.0       # it receives what arrived by then
+        self.flops = self.elements = self.ops = 0
+        self.counting = True
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if not self.counting:
+            return out
+        self.ops += 1
         count = flop_registry.get(func.overloadpacket)
-        if count is not None and self.counting:
-            self.t += count(*args, **kwargs, out_val=out) * self.seconds_per_flop
+        if count is not None:
+            self.flops += matmul_flops(func, count, args, kwargs, out)
+        elif isinstance(out, torch.Tensor):  # most ops: one tensor written
+            self.elements += out.numel()
+        else:  # what it writes; an in-place op that returns nothing (Adam's): what it is given
+            written = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            given = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            self.elements += sum(t.numel() for t in written or given)
         return out
+
+
+class VirtualClock(Counting):
+    """One component's clock: the work it counts, priced by the machine, plus its waiting."""
+
+    def __init__(self, rank, world, machine, speed=1.0):
+        super().__init__()
+        self.rank, self.world = rank, world
+        self.prices = (1e-9 / (machine["gflops"] * speed), 1e-9 / (machine["gelements"] * speed),
+                       1e-6 * machine["op_us"] / speed)
+        self.waited, self.had_turn = 0.0, False
+        self.waiting_until = None  # while it waits for a message: when its timeout ends
+        self.turn_began = 0.0       # it receives what arrived by then
+
+    @property
+    def t(self):
+        per_flop, per_element, per_op = self.prices
+        return self.waited + self.flops * per_flop + self.elements * per_element + self.ops * per_op
+
+    @t.setter
+    def t(self, value):  # only ever forward: waiting, sleeping
+        self.waited += value - self.t
 
     def now(self):
         return self.t
@@ -77,16 +130,13 @@ class VirtualClock(TorchDispatchMode):
         self.waiting_until = self.t + seconds
         self.world.wait_for_turn(self.rank, True)
 
+    @contextlib.contextmanager
     def off_the_clock(self):
-        clock = self
-
-        class Paused:
-            def __enter__(self):
-                clock.counting = False
-
-            def __exit__(self, *exc):
-                clock.counting = True
-        return Paused()
+        self.counting = False
+        try:
+            yield
+        finally:
+            self.counting = True
 
 
 class VirtualTransport:
@@ -124,8 +174,8 @@ class VirtualTransport:
 class VirtualWorld:
     """The clocks, the inboxes and the scheduler of K virtual machines."""
 
-    def __init__(self, K, gflops, speeds, latency_s, jitter_s, seed, stopped):
-        self.clocks = [VirtualClock(r, self, 1 / (gflops * 1e9 * speeds[r])) for r in range(K)]
+    def __init__(self, K, machine, speeds, latency_s, jitter_s, seed, stopped):
+        self.clocks = [VirtualClock(r, self, machine, speeds[r]) for r in range(K)]
         self.inboxes, self.order = [[] for _ in range(K)], itertools.count()
         self.transports = [VirtualTransport(r, self, latency_s, jitter_s, seed * 1000 + r)
                            for r in range(K)]
@@ -189,24 +239,49 @@ class VirtualWorld:
             self.condition.notify_all()
 
 
-def measure_gflops(batch_size, sizes=(784, 512, 256, 128), repeats=30):
-    """This machine's rate on a training step of a component-sized MLP (forward, backward,
-    Adam): its matrix-multiply flops divided by the median time of a step, in GFLOP/s."""
+def measure_machine(batch_size, repeats=30):
+    """This machine's three rates (see the module's docstring), from three probes timed
+    here: a forward and backward pass of a component-sized MLP (flops, and the elements
+    of its other ops), an Adam step on its parameters (elements), and the same pass on
+    one example (the fixed cost of its ops). Medians of `repeats` runs each."""
     torch.manual_seed(0)
+    sizes = (784, 512, 256, 128)
     layers = [torch.nn.Linear(a, b) for a, b in zip(sizes, sizes[1:])]
     model = torch.nn.Sequential(*itertools.chain(*((l, torch.nn.ReLU()) for l in layers)))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randn(batch_size, sizes[0])
+    params, x = list(model.parameters()), torch.rand(batch_size, sizes[0])
+    optimizer = make_optimizer(params, "adam", lr=1e-4)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    one_example = x[:1]
 
-    def step():
-        optimizer.zero_grad()
-        model(x).square().mean().backward()
-        optimizer.step()
-    with FlopCounterMode(display=False) as counter:
-        step()
-    times = []
-    for _ in range(repeats + 5):
-        began = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - began)
-    return round(counter.get_total_flops() / statistics.median(times[5:]) / 1e9, 2)
+    def passes():
+        torch.autograd.grad(model(x).square().mean(), params)
+
+    def tiny_passes():  # the same ops on one example: mostly their fixed cost
+        torch.autograd.grad(model(one_example).square().mean(), params)
+
+    def median_seconds(probe):
+        times = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            probe()
+            times.append(time.perf_counter() - began)
+        return statistics.median(times)
+
+    counts = {}
+    for name, probe in (("passes", passes), ("adam", optimizer.step), ("tiny", tiny_passes)):
+        for _ in range(5):  # warm up (and Adam makes its state)
+            probe()
+        with Counting() as counting:
+            probe()
+        counts[name] = (counting.flops, counting.elements, counting.ops, median_seconds(probe))
+    ops, seconds = counts["tiny"][2], counts["tiny"][3]
+    per_op = seconds / ops
+    _, elements, ops, seconds = counts["adam"]
+    per_element = max(seconds - ops * per_op, 1e-12) / elements
+    flops, elements, ops, seconds = counts["passes"]
+    per_flop = max(seconds - ops * per_op - elements * per_element, 1e-12) / flops
+    return dict(gflops=round(1e-9 / per_flop, 2), gelements=round(1e-9 / per_element, 3),
+                op_us=round(1e6 * per_op, 2))
+
+

@@ -322,9 +322,9 @@ def test_a_slow_child_does_not_hold_its_parent_back(tiny_data, tmp_path):
     (("--backend", "rpc"), "--backend: invalid choice"),
     (("--slow-component", "5"), "--slow-component 5: there are only 3 components"),
     (("--backend", "torchrun"), "RANK/WORLD_SIZE are not set"),
-    (("--speeds", "1", "1", "1"), "--speeds sets the simulated machines: use it with --backend virtual"),
+    (("--speeds", "1", "1", "1"), "--speeds is for the simulated machines: use it with --backend virtual"),
     (("--backend", "virtual", "--speeds", "1", "0.1"), "--speeds gives 2 factors for 3 components"),
-    (("--backend", "virtual", "--gflops", "0"), "--gflops: expected a positive number, got 0"),
+    (("--backend", "virtual", "--machine", "1", "0", "1"), "--machine: expected a positive number, got 0"),
 ])
 def test_bad_flags_exit_2_with_one_line(tiny_data, tmp_path, capsys, monkeypatch, flags, message):
     # in-process: argparse and the checks after it run before any data or worker

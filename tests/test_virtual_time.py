@@ -10,7 +10,7 @@ SCRIPT = "async_mach.py"
 
 def virtual(tiny_data, out, *extra):
     return ("--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1", "--out", out,
-            "--backend", "virtual", "--gflops", "10", "--eval-every", "10",
+            "--backend", "virtual", "--machine", "10", "1", "10", "--eval-every", "10",
             "--log-seconds", "0.05", *extra)
 
 
@@ -31,7 +31,7 @@ def test_the_same_seed_gives_the_same_numbers(tiny_data, tmp_path):
 
 
 def test_a_message_arrives_no_earlier_than_its_latency_and_links_stay_in_order():
-    world = VirtualWorld(2, gflops=1.0, speeds=[1.0, 1.0], latency_s=0.050, jitter_s=0.020,
+    world = VirtualWorld(2, machine=dict(gflops=1.0, gelements=1.0, op_us=1.0), speeds=[1.0, 1.0], latency_s=0.050, jitter_s=0.020,
                          seed=0, stopped=RuntimeError)
     sender, receiver = world.transports[0], world.transports[1]
     sent = []
@@ -51,11 +51,11 @@ def test_a_message_arrives_no_earlier_than_its_latency_and_links_stay_in_order()
 
 
 def hand_computed_staleness(N):
-    """K = 2 kgraph (each is the other's parent and child), equal speeds, no latency,
-    --forward student, LIFO, one gradient per learn step. The two run mirror images of
-    each other in rounds: a round begins with both clocks equal, and in it each handles
-    what the other sent in the round before, then steps. With V_r its version (optimizer
-    steps) when round r begins:
+    """{staleness: gradients learned at it} of either component of a K = 2 kgraph (each is
+    the other's parent and child), equal speeds, no latency, --forward student, LIFO, one
+    gradient per learn step. The two run mirror images of each other in rounds: a round
+    begins with both clocks equal, and in it each handles what the other sent in the round
+    before, then steps. With V_r its version (optimizer steps) when round r begins:
       round 1: own step                                   -> staleness 0
       round 2: answers the spike of round 1; own step     -> 0
       round 3: the answer to its spike of round 1 (gradient at V_3), answers a spike; own
@@ -65,9 +65,7 @@ def hand_computed_staleness(N):
                in round 2), 7 in round 5, then 8 (three learn steps a round)
       round N+1: done, no step: the answer's gradient (0), then the delayed one (7).
     """
-    per_round = [0, 0, 0 + 1, 0 + 1 + 5, 0 + 1 + 7] + [0 + 1 + 8] * (N - 5) + [0 + 7]
-    learned = [1, 1, 2] + [3] * (N - 3) + [2]
-    return sum(per_round), sum(learned)
+    return {"0": N + 1, "1": N - 2, "5": 1, "7": 2, "8": N - 5}
 
 
 def test_staleness_matches_a_hand_computed_schedule(tiny_data, tmp_path):
@@ -76,10 +74,11 @@ def test_staleness_matches_a_hand_computed_schedule(tiny_data, tmp_path):
     result = run_script(SCRIPT, *virtual(tiny_data, out, "--components", "2", "--topology", "kgraph",
                                          "--iterations", N))
     assert result.returncode == 0, result.stderr
-    staleness_sum, learned = hand_computed_staleness(N)
+    expected = hand_computed_staleness(N)
     for c in read_run(out)[1]["components"].values():
-        assert c["steps"] == N and c["learn_steps"] == learned == 3 * N - 3
-        assert c["mean_staleness"] == round(staleness_sum / learned, 3)   # 49 / 21
+        assert c["steps"] == N and c["learn_steps"] == sum(expected.values()) == 3 * N - 3
+        assert c["staleness"] == expected
+        assert c["mean_staleness"] == round(49 / 21, 3)
 
 
 def test_a_slow_machine_is_slow_in_virtual_time_and_holds_nobody_back(tiny_data, tmp_path):
@@ -92,3 +91,15 @@ def test_a_slow_machine_is_slow_in_virtual_time_and_holds_nobody_back(tiny_data,
     assert fast >= 5 * slow > 0
     for c in parts.values():   # --seconds counts virtual time (then the two say goodbye)
         assert 1.0 <= c["seconds"] < 3.0
+
+
+def test_stop_at_accuracy_ends_the_run_once_every_component_has_reached_it(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    result = run_script(SCRIPT, *virtual(tiny_data, out, "--components", "2", "--iterations", "1000",
+                                         "--stop-at-accuracy", "0.5"))
+    assert result.returncode == 0, result.stderr
+    _, summary, rows = read_run(out)
+    assert summary["status"] == "completed" and summary["stopped_at_accuracy"] == 0.5
+    for name in ("component_0", "component_1"):
+        assert max(float(r[f"acc/{name}"]) for r in rows if r.get(f"acc/{name}")) >= 0.5
+        assert summary["components"][name]["steps"] < 1000
