@@ -25,8 +25,7 @@ a learn step averages --accumulate of them (newest first with LIFO) into one Ada
 step. Staleness = optimizer steps between a gradient's forward pass and its use.
 Launching and watching the components (not the idea): common/runtime.py.
 
-    python async_mach.py --dataset fashion-mnist                       # 3 threads
-    python async_mach.py --dataset fashion-mnist --backend process
+    python async_mach.py --dataset fashion-mnist         # 3 threads; or --backend process
     python async_mach.py --dataset fashion-mnist --backend virtual --components 8 --latency-ms 50
     torchrun --nproc-per-node 2 async_mach.py --backend torchrun --components 2
 """
@@ -380,8 +379,7 @@ class Worker:
 def main(argv=None):
     args, device = cli.setup(build_parser(), "async_mach", argv, validate=validate)
     device = runtime.local_device(args, device)   # torchrun: cuda follows LOCAL_RANK
-    K = args.components
-    # the last message a component gets from each neighbour is its "bye"
+    K = args.components  # the last message a component gets from each neighbour is its "bye":
     farewells = ("bye", [len(family(r, K, args.topology)[2]) for r in range(K)])
     make_worker = functools.partial(Worker, args)  # (rank, data, transport, board, device)
     load = functools.partial(load_data, args.dataset, args.data_dir, flat=True)

@@ -276,7 +276,8 @@ def tables(results):
         targets.append(goal(f"wall minutes for K = 32 (sequence, student, 50 ms, {steps} steps each)",
                             round(wall["wall_seconds"] / 60, 1), "< 10", lambda v: v < 10))
     rows["calibration: K = 2, virtual against process backend (one core each), seeds 0-2"] = calibration(c)
-    return {"rows": {title: table for title, table in rows.items() if table}, "targets": targets}
+    return {"rows": {title: table for title, table in rows.items() if table}, "targets": targets,
+            "readme_tables": [title for title in rows if not title.startswith("one component")]}
 
 
 def goal(figure, value, target, met):
@@ -309,6 +310,7 @@ def plot(results, assets):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     c, target = results["cells"], results["target"]
+    assets.mkdir(exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, style in (("student", "o-"), ("child", "s-"), ("chain", "^-")):
         points = sorted((v["latency_ms"], v["top_seconds"]) for k, v in c.items()

@@ -241,14 +241,16 @@ def goal_rows(found):
             for path, data in found for goal in data.get("targets", [])]
 
 
-def benchmark_tables(path, data):
-    """One benchmark's tables, as it declared them (or every figure it wrote)."""
+def benchmark_tables(path, data, titles=None):
+    """One benchmark's tables, as it declared them (or every figure it wrote); only `titles`."""
     where = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path.name
     lines = [f"**{data.get('benchmark', path.stem)}** ({data.get('hardware', 'hardware not recorded')}, "
              f"torch {data.get('torch', 'not recorded')}; raw: `{where}`)", ""]
     rows = data.get("rows") or [{"figure": key, "value": value} for key, value in flatten(data)
                                 if key.split(".")[0] not in ("benchmark", "hardware", "torch", "targets")]
     for title, entries in (rows if isinstance(rows, dict) else {"": rows}).items():
+        if titles is not None and title not in titles:
+            continue
         columns = list(dict.fromkeys(key for entry in entries for key in entry))
         lines += ([f"*{title}*", ""] if title else []) + table(
             columns, [[cell(entry.get(key, "")) for key in columns] for entry in entries]) + [""]
@@ -266,14 +268,15 @@ def benchmarks_block(results):
 
 
 def benchmark_block(results, name):
-    """A `benchmark:<name>` block of README.md: that benchmark's goals, tables and figures."""
+    """A `benchmark:<name>` block of README.md: that benchmark's goals, the tables it names for
+    the README (`readme_tables`; default all) and its figures."""
     path = Path(results, "benchmarks", f"{name}.json")
     if not path.exists():
         return [f"(no results yet: python benchmarks/{name}.py)"]
     data = json.loads(path.read_text())
     goals = goal_rows([(path, data)])
     lines = table(["goal", "measured", "target", "verdict"], [g[1:] for g in goals]) + [""] if goals else []
-    return lines + benchmark_tables(path, data) + [f"![{name}: {Path(f).stem}]({f})" for f in data.get("figures", [])]
+    return lines + benchmark_tables(path, data, data.get("readme_tables")) + [f"![{name}: {Path(f).stem}]({f})" for f in data.get("figures", [])]
 
 
 def replace_block(text, name, lines, where):

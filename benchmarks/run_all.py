@@ -33,6 +33,7 @@ BENCHMARKS = {
     "message_cost": ([], ["--messages", "100"]),
     "synthgrad_transport": (["--plot"], ["--skip-training", "--messages", "100"]),
     "async_efficiency": (["--plot"], None),
+    "async_study": (["--plot"], None),   # about an hour: K virtual machines, simulated one by one
 }
 
 # (script, run name, extra flags, seeds): each seed runs into results/<script>/<name>-seed<k>.
