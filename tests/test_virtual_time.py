@@ -1,28 +1,24 @@
 """The virtual-time backend (common/virtual_time.py, async_mach.py --backend virtual):
 deterministic, messages never arrive before their latency, staleness as computed by
 hand, and speeds that slow one machine down."""
-from conftest import read_run, run_script
+from conftest import read_run
 
+import async_mach as am
 from common.virtual_time import VirtualWorld
 
-SCRIPT = "async_mach.py"
+
+def run_virtual(tiny_data, out, *extra):
+    """async_mach.main in this process (no interpreter to start): the run's folder."""
+    am.main([str(a) for a in ("--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1",
+                              "--out", out, "--backend", "virtual", "--machine", "10", "1", "10",
+                              "--eval-every", "10", "--log-seconds", "0.05", *extra)])
+    return read_run(out)
 
 
-def virtual(tiny_data, out, *extra):
-    return ("--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1", "--out", out,
-            "--backend", "virtual", "--machine", "10", "1", "10", "--eval-every", "10",
-            "--log-seconds", "0.05", *extra)
-
-
-def test_the_same_seed_gives_the_same_numbers(tiny_data, tmp_path):
-    runs = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        result = run_script(SCRIPT, *virtual(tiny_data, out, "--iterations", "20", "--forward", "child",
-                                             "--latency-ms", "3", "--jitter-ms", "4"))
-        assert result.returncode == 0, result.stderr
-        assert " virtual s " in result.stdout   # times are labelled virtual
-        runs.append(read_run(out))
+def test_the_same_seed_gives_the_same_numbers(tiny_data, tmp_path, capsys):
+    runs = [run_virtual(tiny_data, tmp_path / name, "--iterations", "20", "--forward", "child",
+                        "--latency-ms", "3", "--jitter-ms", "4") for name in ("a", "b")]
+    assert " virtual s " in capsys.readouterr().out   # times are labelled virtual
     (_, a, rows_a), (_, b, rows_b) = runs
     assert a["clock"] == "virtual" and a["real_seconds"] > 0
     assert rows_a == rows_b and len(rows_a) > 3   # every logged number, virtual times included
@@ -70,23 +66,18 @@ def hand_computed_staleness(N):
 
 def test_staleness_matches_a_hand_computed_schedule(tiny_data, tmp_path):
     N = 8
-    out = tmp_path / "run"
-    result = run_script(SCRIPT, *virtual(tiny_data, out, "--components", "2", "--topology", "kgraph",
-                                         "--iterations", N))
-    assert result.returncode == 0, result.stderr
+    summary = run_virtual(tiny_data, tmp_path / "run", "--components", "2", "--topology", "kgraph",
+                          "--iterations", N)[1]
     expected = hand_computed_staleness(N)
-    for c in read_run(out)[1]["components"].values():
+    for c in summary["components"].values():
         assert c["steps"] == N and c["learn_steps"] == sum(expected.values()) == 3 * N - 3
         assert c["staleness"] == expected
         assert c["mean_staleness"] == round(49 / 21, 3)
 
 
 def test_a_slow_machine_is_slow_in_virtual_time_and_holds_nobody_back(tiny_data, tmp_path):
-    out = tmp_path / "run"
-    result = run_script(SCRIPT, *virtual(tiny_data, out, "--components", "2", "--seconds", "1",
-                                         "--speeds", "0.1", "1"))
-    assert result.returncode == 0, result.stderr
-    parts = read_run(out)[1]["components"]
+    parts = run_virtual(tiny_data, tmp_path / "run", "--components", "2", "--seconds", "1",
+                        "--speeds", "0.1", "1")[1]["components"]
     slow, fast = parts["component_0"]["steps"], parts["component_1"]["steps"]
     assert fast >= 5 * slow > 0
     for c in parts.values():   # --seconds counts virtual time (then the two say goodbye)
@@ -94,11 +85,8 @@ def test_a_slow_machine_is_slow_in_virtual_time_and_holds_nobody_back(tiny_data,
 
 
 def test_stop_at_accuracy_ends_the_run_once_every_component_has_reached_it(tiny_data, tmp_path):
-    out = tmp_path / "run"
-    result = run_script(SCRIPT, *virtual(tiny_data, out, "--components", "2", "--iterations", "1000",
-                                         "--stop-at-accuracy", "0.5"))
-    assert result.returncode == 0, result.stderr
-    _, summary, rows = read_run(out)
+    _, summary, rows = run_virtual(tiny_data, tmp_path / "run", "--components", "2", "--iterations",
+                                   "1000", "--stop-at-accuracy", "0.5")
     assert summary["status"] == "completed" and summary["stopped_at_accuracy"] == 0.5
     for name in ("component_0", "component_1"):
         assert max(float(r[f"acc/{name}"]) for r in rows if r.get(f"acc/{name}")) >= 0.5
