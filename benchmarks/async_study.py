@@ -24,9 +24,10 @@ Slices (--slices; the full grid does not fit these 2 cores, --full runs it):
                of virtual time: each one's step rate against the same run without it
   wall         K = 32 sequence student, 50 ms, --wall-steps steps: the wall time it takes
   calibration  K = 2 sequence, latency 0, 10, 50 ms, seeds 0-2, --calibration-steps steps:
-               virtual against the process backend (one core each): staleness, accuracy
+               virtual against the process backend (one core each), then virtual again at
+               the speed the processes ran (--speeds): the schedule apart from the prices
 
-    python benchmarks/async_study.py --plot           # about an hour on 2 cores (2 jobs)
+    python benchmarks/async_study.py --plot           # about 70 minutes on 2 cores (2 jobs)
 """
 import concurrent.futures
 import csv
@@ -69,7 +70,9 @@ def run_async(args, name, K, latency_ms, forward="student", topology="sequence",
     summary = json.loads((out / "summary.json").read_text())
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    reached = {i: first_at(rows, f"acc/component_{i}", args.target) for i in range(K)}
+    curves = [[(float(r["seconds"]), float(r[f"acc/component_{i}"])) for r in rows if r.get(f"acc/component_{i}")]
+              for i in range(K)]
+    reached = {i: next((t for t, a in curves[i] if a >= args.target), None) for i in range(K)}
     parts = summary["components"]
     print(f"  {name}: top {reached[K - 1]} s, wall {wall:.0f} s", flush=True)
     return dict(name=name, method=forward, topology=topology, K=K, latency_ms=latency_ms, seed=seed,
@@ -77,18 +80,11 @@ def run_async(args, name, K, latency_ms, forward="student", topology="sequence",
                 slowest_seconds=None if None in reached.values() else max(reached.values()),
                 steps={c: p["steps"] for c, p in parts.items()},
                 steps_per_second={c: p["steps_per_second"] for c, p in parts.items()},
+                train_steps_per_second={c: p["train_steps_per_second"] for c, p in parts.items()},
                 staleness={c: p["staleness"] for c, p in parts.items()},
                 mean_staleness=summary["mean_staleness"], final=summary["test_accuracy"],
-                curve=curve(rows, f"acc/component_{K - 1}"), wall_seconds=round(wall, 1),
+                curve=curves[-1], wall_seconds=round(wall, 1),
                 real_seconds=summary.get("real_seconds"))
-
-
-def first_at(rows, column, target):
-    return next((float(r["seconds"]) for r in rows if r.get(column) and float(r[column]) >= target), None)
-
-
-def curve(rows, column):
-    return [(float(r["seconds"]), float(r[column])) for r in rows if r.get(column)]
 
 
 def run_chain(args, name, K, latency_ms, speeds=None, steps=None, seconds=None):
@@ -159,8 +155,8 @@ def run_chain(args, name, K, latency_ms, speeds=None, steps=None, seconds=None):
 
 
 # ============================================================================ the slices
-def cells(args, slices):
-    """(key, function, arguments) of every cell of the chosen slices."""
+def cells(args, slices, done):
+    """(key, function, arguments) of every cell of the chosen slices (given those done)."""
     todo, latencies = [], args.latencies
     if "latency" in slices:
         for ms in latencies:
@@ -189,37 +185,42 @@ def cells(args, slices):
     if "calibration" in slices:
         for ms in (0, 10, 50):
             for seed in (0, 1, 2):
+                run = dict(K=2, latency_ms=ms, seed=seed, steps=args.calibration_steps, stop=False)
                 for backend in ("virtual", "process"):
                     todo.append((f"calibration/{backend}-{ms:g}ms-seed{seed}", run_async,
-                                 dict(K=2, latency_ms=ms, seed=seed, backend=backend,
-                                      steps=args.calibration_steps, stop=False)))
+                                 dict(run, backend=backend)))
+                virtual, process = (done.get(f"calibration/{b}-{ms:g}ms-seed{seed}")
+                                    for b in ("virtual", "process"))
+                if virtual and process:  # the scheduling model alone: priced at the speed the processes ran
+                    speed = statistics.mean(process["train_steps_per_second"][c] / rate
+                                            for c, rate in virtual["steps_per_second"].items())
+                    todo.append((f"calibration/matched-{ms:g}ms-seed{seed}", run_async,
+                                 dict(run, speeds=[round(speed, 3)] * 2)))
     return todo
 
 
 def run_cell(args, key, function, arguments):
-    if isinstance(arguments, dict):
-        return key, function(args, key, **arguments)
-    return key, function(args, key, *arguments)
+    return key, (function(args, key, **arguments) if isinstance(arguments, dict) else function(args, key, *arguments))
 
 
 def run_slices(args, results, path):
     """Every cell not yet in the JSON: virtual ones --jobs at a time (deterministic, so sharing
     the cores changes nothing but the wall time), then alone those whose time is the result:
     the process backend's, and the wall time of K = 32."""
-    todo = [cell for cell in cells(args, args.slices) if cell[0] not in results["cells"]]
-    alone = [c for c in todo if c[0].startswith(("calibration/process", "wall/"))]
-    shared = [c for c in todo if c not in alone]
-
     def keep(key, value):
         results["cells"][key] = value
         results.update(tables(results))
         path.write_text(json.dumps(results, indent=1) + "\n")
     spawn = multiprocessing.get_context("spawn")  # no forked copy of a process that has run torch
-    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
-        for future in concurrent.futures.as_completed([pool.submit(run_cell, args, *c) for c in shared]):
-            keep(*future.result())
-    for cell in alone:
-        keep(*run_cell(args, *cell))
+    for _ in range(2):  # the second round: cells priced by the first's (calibration/matched-*)
+        todo = [cell for cell in cells(args, args.slices, results["cells"]) if cell[0] not in results["cells"]]
+        alone = [c for c in todo if c[0].startswith(("calibration/process", "wall/"))]
+        shared = [c for c in todo if c not in alone]
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
+            for future in concurrent.futures.as_completed([pool.submit(run_cell, args, *c) for c in shared]):
+                keep(*future.result())
+        for cell in alone:
+            keep(*run_cell(args, *cell))
 
 
 # ============================================================================ what it shows
@@ -292,7 +293,7 @@ def goal(figure, value, target, met):
 def calibration(c):
     out = []
     for ms in (0, 10, 50):
-        for backend in ("virtual", "process"):
+        for backend in ("virtual", "matched", "process"):
             runs = [c.get(f"calibration/{backend}-{ms:g}ms-seed{s}") for s in (0, 1, 2)]
             if not all(runs):
                 continue
@@ -301,13 +302,15 @@ def calibration(c):
             leaf = [100 * r["final"]["component_0"] for r in runs]
             share = [sum(v for k, v in r["staleness"]["component_0"].items() if int(k) <= 2)
                      / max(1, sum(r["staleness"]["component_0"].values())) for r in runs]
-            rate = [r["steps_per_second"]["component_1"] for r in runs]
-            out.append({"latency ms": ms, "backend": backend,
+            rate = [r.get("train_steps_per_second", r["steps_per_second"])["component_1"] for r in runs]
+            speed = statistics.mean(r["speeds"][0] for r in runs) if backend == "matched" else 1
+            label = f"virtual at the processes' speed (x{speed:.2f})" if backend == "matched" else backend
+            out.append({"latency ms": ms, "backend": label,
                         "mean staleness": f"{statistics.mean(stale):.2f} ± {statistics.pstdev(stale):.2f}",
                         "leaf's gradients at staleness <= 2": f"{statistics.mean(share):.2f}",
                         "accuracy top %": f"{statistics.mean(top):.2f} ± {statistics.pstdev(top):.2f}",
                         "accuracy leaf %": f"{statistics.mean(leaf):.2f} ± {statistics.pstdev(leaf):.2f}",
-                        "top's steps/s": f"{statistics.mean(rate):.1f}"})
+                        "top's training steps/s": f"{statistics.mean(rate):.1f}"})
     return out
 
 

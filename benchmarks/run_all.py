@@ -33,7 +33,7 @@ BENCHMARKS = {
     "message_cost": ([], ["--messages", "100"]),
     "synthgrad_transport": (["--plot"], ["--skip-training", "--messages", "100"]),
     "async_efficiency": (["--plot"], None),
-    "async_study": (["--plot"], None),   # about an hour: K virtual machines, simulated one by one
+    "async_study": (["--plot"], None),   # only the cells not yet in its JSON (~70 min from scratch)
 }
 
 # (script, run name, extra flags, seeds): each seed runs into results/<script>/<name>-seed<k>.

@@ -228,7 +228,9 @@ def test_lumpy_sync_smoke(tmp_path):
     assert [float(r["test_mse"]) <= target for r in dni] == [False] * (len(dni) - 1) + [True]
     reached = float(dni[-1]["method_seconds"])
     assert summary["seconds_to_target"]["dni"] == pytest.approx(reached, abs=1e-3)
-    assert summary["time_ratio_to_backprop"]["dni"] == pytest.approx(reached / bp_seconds, rel=0.02)
+    # the ratio of the unrounded seconds: the CSV's 3 decimals are too coarse when backprop takes ~10 ms
+    seconds = summary["seconds_to_target"]
+    assert summary["time_ratio_to_backprop"]["dni"] == pytest.approx(seconds["dni"] / seconds["backprop"], abs=1e-3)
     declared = {(r["name"], r["metric"]): r["value"] for r in summary["results"]["rows"]}
     assert declared[("dni", "time to backprop's final MSE, ÷ backprop's")] \
         == summary["time_ratio_to_backprop"]["dni"]
