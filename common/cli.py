@@ -67,6 +67,7 @@ positive_int = _number(int, lambda v: v > 0, "a positive integer")
 nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0 and np.isfinite(v), "a positive number")
 nonnegative_float = _number(float, lambda v: v >= 0 and np.isfinite(v), "a number >= 0")
+fraction = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):

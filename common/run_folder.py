@@ -421,3 +421,22 @@ class RaceCurve:
                      accuracy={self.name: accuracy} if curve else None,
                      losses={"test": loss}, extra=extra)
         return loss, accuracy
+
+
+def print_race_table(run, curves, n_eval, n_test):
+    """The race's table: final accuracy (whole test set) apart from the best curve point
+    (first n_eval), steps, CPU seconds, and seconds to the target of run.time_to_target."""
+    timed = run.summary["time_to_target"]
+    seconds = {p["baseline"]: p["baseline_seconds"] for p in timed["pairs"]}
+    seconds.update({p["method"]: p["seconds"] for p in timed["pairs"]})
+    run.print(f"{'strategy':<14} {'final acc':>9} {'best point':>10} {'steps':>6} {'cpu s':>6} "
+              f"{'s to target':>11} {'x backprop':>10}")
+    for c in curves:
+        t, base = seconds.get(c.name), seconds.get("backprop")
+        run.print(f"{c.name:<14} {run.summary['test_accuracy'][c.name]:9.4f} "
+                  f"{max(p[2] for p in c.points):10.4f} {c.steps:6d} "
+                  f"{run.summary['cpu_seconds'][c.name]:6.0f} {'-' if t is None else f'{t:.1f}':>11} "
+                  f"{f'{t / base:.2f}' if t is not None and base else '-':>10}")
+    run.print(f"final acc: all {n_test} test images; best point: the best curve point, on the "
+              f"first {n_eval}; s to target: strategy seconds to the first curve point at "
+              f"{timed['fraction']:.0%} of backprop's final acc ('-': never)")

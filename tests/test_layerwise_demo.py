@@ -89,6 +89,64 @@ def test_decoupled_loss_reaches_only_its_block():
         torch.testing.assert_close(g, p.grad)
 
 
+# -- similarity matching (sim, predsim) ----------------------------------------------
+
+def test_similarity_of_labels_and_of_conv_outputs():
+    # one-hot rows centred: cos = 1 for equal labels, -1/(C - 1) for different ones
+    y = torch.tensor([0, 1, 0, 3])
+    S = lw.similarity(F.one_hot(y, 4).float())
+    expected = torch.tensor([[1, -1 / 3, 1, -1 / 3], [-1 / 3, 1, -1 / 3, -1 / 3],
+                             [1, -1 / 3, 1, -1 / 3], [-1 / 3, -1 / 3, -1 / 3, 1]])
+    torch.testing.assert_close(S, expected)
+    # a conv output (n, c, h, w) is compared by its channels' spread over the positions
+    h = torch.randn(5, 3, 4, 4)
+    torch.testing.assert_close(lw.similarity(h), lw.similarity(h.flatten(2).std(2)))
+    assert not torch.allclose(lw.similarity(h), lw.similarity(h.flatten(1)))
+
+
+def test_sim_loss_zero_when_the_block_output_is_the_labels():
+    y = torch.arange(6) % 3
+    identity = torch.nn.ModuleList([torch.nn.Identity()])
+    head = torch.nn.ModuleList([torch.nn.Linear(3, 3)])
+    x = F.one_hot(y, 3).float() * 5 + 2   # any scale and offset: S is centred and normalised
+    [(loss, logits)] = lw.decoupled_losses(identity, head, x, y, "sim")
+    readout = F.cross_entropy(logits, y)
+    assert (loss - readout).abs() < 1e-6   # the sim part is zero, the readout's CE remains
+    [(loss, _)] = lw.decoupled_losses(identity, head, x, y, "predsim", beta=1.0)
+    assert loss.abs() < 1e-6
+
+
+@pytest.mark.parametrize("strategy", ["sim", "predsim"])
+def test_sim_losses_reach_only_their_block(strategy):
+    net = lw.build_model("lenet", 10, (1, 28, 28), seed=0)
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 4
+    losses = lw.decoupled_losses(net.blocks, net.heads, x, y, strategy, beta=0.9)
+    losses[1][0].backward()
+    grads = [any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+             for m in net.parts()]
+    assert grads == [False, True, False, False] + [False, True, False, False]
+    # Reference on a frozen block 1's output: sim moves the block by the similarity alone
+    # (its head reads a detached copy), predsim by (1 - beta) CE + beta sim through both.
+    got = [p.grad.clone() for p in net.blocks[1].parameters()]
+    net.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        h = net.blocks[0](x)
+    h = net.blocks[1](h)
+    sim = ((lw.similarity(h) - lw.similarity(F.one_hot(y, 10).float())) ** 2).mean()
+    (sim if strategy == "sim" else 0.1 * F.cross_entropy(net.heads[1](h), y) + 0.9 * sim).backward()
+    for g, p in zip(got, net.blocks[1].parameters()):
+        torch.testing.assert_close(g, p.grad)
+
+
+def test_truncated_network_is_the_first_blocks_and_their_head():
+    full = lw.build_model("tfcnn", 10, (1, 28, 28), seed=0)
+    two = lw.build_model("tfcnn", 10, (1, 28, 28), seed=0, keep=2)
+    assert len(two.blocks) == len(two.heads) == 2
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(two.eval()(x), full.heads[1](full.blocks[1](full.blocks[0](x))))
+
+
 # -- maximum difference --------------------------------------------------------------
 
 def test_maxdiff_sign_and_equal_pairs():
@@ -254,6 +312,9 @@ def test_step_budget_layer_split_and_finetune(tiny_data, tmp_path):
     (["--finetune-seconds", "60"], "leaves nothing of --seconds 60"),
     (["--epochs", "1", "--iterations", "5"], "--epochs and --iterations both set"),
     (["--strategy", "maxdiff", "--batch-size", "2"], "use at least 4"),
+    (["--blocks", "4"], "--blocks 4: truncates tfcnn (3 blocks)"),
+    (["--blocks", "2", "--strategy", "backprop", "staged"], "for --strategy backprop/backprop-sgd only"),
+    (["--predsim-beta", "1.5"], "--predsim-beta: expected a number in [0, 1], got 1.5"),
 ])
 def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:
