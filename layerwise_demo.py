@@ -84,6 +84,8 @@ def build_parser():
                       help="a curve point every this many training seconds (--eval-every: steps)")
     race.add_argument("--eval-size", type=cli.positive_int, default=2000,
                       help="test images a curve point is measured on (the final: all of them)")
+    race.add_argument("--confirm", type=cli.fraction, nargs="+", default=(), metavar="ACC",
+                      help="accuracies whose first crossing is confirmed on the whole test set")
     race.add_argument("--cache-gb", type=cli.nonnegative_float, default=3.0,
                       help="memory for frozen blocks' cached outputs, all together (0: no cache)")
     local = parser.add_argument_group("local losses")
@@ -278,7 +280,7 @@ def train_greedy(strategy, net, curve, batches, race):
     offset = None                                           # staged: frozen heads' logits
     # The curve's test images pushed through the frozen blocks, and (staged) the
     # frozen heads' summed logits on them; a point evaluates on their row indices.
-    test_h, test_offset = curve.test[0], None
+    test_h, test_offset = curve.test[0][:None if curve.unconfirmed else curve.eval_size], None
     rows = torch.arange(len(test_h), device=device)
     generator = torch.Generator().manual_seed(args.seed)
     for k, (block, head) in enumerate(zip(net.blocks, net.heads)):
@@ -332,8 +334,6 @@ def train_greedy(strategy, net, curve, batches, race):
 
 def main(argv=None):
     args, device = cli.setup(build_parser(), "layerwise_demo", argv, validate=validate)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     data = load_data(args.dataset, args.data_dir, device, flat=False)
     budget_steps = bool(args.epochs or args.iterations)
     total = (max(1, round(args.epochs * len(data.train_x) / args.batch_size)) if args.epochs
@@ -358,9 +358,8 @@ def main(argv=None):
             run.print(f"== {name}: {args.model}, budget {total:g} {'steps' if budget_steps else 's'} ==")
             net = build_model(args.model, data.num_classes, data.train_x.shape[1:], args.seed,
                               staged=strategy == "staged", keep=args.blocks).to(device)
-            curve = RaceCurve(run, name, (data.test_x[:n_eval], data.test_y[:n_eval]),
-                              len(data.train_x), budget_steps, args.eval_every, args.eval_seconds,
-                              kind="strategy")
+            curve = RaceCurve(run, name, (data.test_x, data.test_y), len(data.train_x), budget_steps,
+                              args.eval_every, args.eval_seconds, "strategy", n_eval, args.confirm)
             curves.append(curve)
             if strategy in GREEDY:
                 index = torch.arange(len(data.train_x), device=device)

@@ -33,7 +33,8 @@ BENCHMARKS = {
     "message_cost": ([], ["--messages", "100"]),
     "synthgrad_transport": (["--plot"], ["--skip-training", "--messages", "100"]),
     "async_efficiency": (["--plot"], None),
-    "async_study": (["--plot"], None),   # only the cells not yet in its JSON (~70 min from scratch)
+    "async_study": (["--plot"], None),
+    "race": (["--plot"], None),   # only the cells not yet in its JSON (about two hours from scratch)   # only the cells not yet in its JSON (~70 min from scratch)
 }
 
 # (script, run name, extra flags, seeds): each seed runs into results/<script>/<name>-seed<k>.

@@ -172,6 +172,8 @@ def setup(parser, script, argv=None, validate=None):
         check_writable(args.out)
     except UserError as error:
         parser.error(str(error))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)

@@ -41,6 +41,9 @@ def test_quick_mode_under_a_minute(tmp_path):
     ("synthgrad_transport", ["--lr", "fast"], "--lr"),  # a synthgrad_demo flag, checked up front
     ("run_all", ["--only", "everything"], "--only: invalid choice"),
     ("make_results", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("race", ["--seeds", "1", "2"], "--seeds: the tuning runs on seed 0; include 0"),
+    ("race", ["--methods", "backprop"], "--methods: no method ['backprop']; choose among"),
+    ("race", ["--targets", "85"], "--targets: expected a number in [0, 1], got 85"),
 ])
 def test_bad_flags_exit_2_with_one_line(name, flags, message, capsys):
     module = importlib.import_module(f"benchmarks.{name}")

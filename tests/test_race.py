@@ -1,0 +1,93 @@
+"""benchmarks/race.py: the protocol on made-up cells (which runs, which configuration is
+chosen, how rows and ratios come out), and RaceCurve's confirmation on the whole test set."""
+import types
+
+import pytest
+import torch
+
+from benchmarks import race
+from common.run_folder import RaceCurve, Run
+
+NET = "tfcnn"
+METHODS = ["backprop (Adam)", "backprop (SGD)", "staged"]
+
+
+def settings(**extra):
+    return types.SimpleNamespace(networks=[NET], methods=METHODS, factors=[0.5, 1.0, 2.0], seeds=[0, 1, 2],
+                                 targets=[0.85, 0.87], **extra)
+
+
+def cell(method, factor, seed, low, high, final=0.88, probe=(100, 100)):
+    return dict(network=NET, method=method, factor=factor, lr=1e-3 * factor, seed=seed, final=final,
+                seconds={"0.85": low, "0.87": high}, probe=list(probe), curve=[(1.0, 0.5), (2.0, final)])
+
+
+def test_grid_first_then_the_best_and_original_configurations_on_the_other_seeds():
+    args, cells = settings(), {}
+    assert race.plan(args, cells) == [(NET, m, f, 0) for m in METHODS for f in args.factors]
+    # seed 0: Adam best at x2 (reaches 87 % first), SGD best at x1, staged never reaches 87 %
+    times = {("backprop (Adam)", 0.5): (9, 20), ("backprop (Adam)", 1.0): (8, 15), ("backprop (Adam)", 2.0): (9, 12),
+             ("backprop (SGD)", 0.5): (None, None), ("backprop (SGD)", 1.0): (10, 18), ("backprop (SGD)", 2.0): (11, 19),
+             ("staged", 0.5): (5, None), ("staged", 1.0): (3, None), ("staged", 2.0): (4, None)}
+    for (m, f), (low, high) in times.items():
+        cells[race.key(NET, m, f, 0)] = cell(m, f, 0, low, high)
+    assert race.best_factor(cells, NET, "backprop (Adam)", args) == 2.0
+    assert race.best_factor(cells, NET, "staged", args) == 1.0      # no 87 %: the faster to 85 %
+    assert race.plan(args, cells) == [(NET, "backprop (Adam)", 2.0, 1), (NET, "backprop (Adam)", 2.0, 2),
+                                      (NET, "backprop (Adam)", 1.0, 1), (NET, "backprop (Adam)", 1.0, 2),
+                                      (NET, "backprop (SGD)", 1.0, 1), (NET, "backprop (SGD)", 1.0, 2),
+                                      (NET, "staged", 1.0, 1), (NET, "staged", 1.0, 2)]
+
+
+def test_rows_divide_by_the_tuned_backprop_seed_for_seed_with_the_speed_correction():
+    args, cells = settings(), {}
+    for m, f, low, high in [("backprop (Adam)", 2.0, 8, 12), ("backprop (SGD)", 1.0, 10, 18), ("staged", 1.0, 4, None)]:
+        for s in args.seeds:
+            cells[race.key(NET, m, f, s)] = cell(m, f, s, low + s, high and high + s)
+    cells[race.key(NET, "staged", 1.0, 2)]["probe"] = [50, 50]   # ran while the machine was at half speed
+    args.factors = [1.0, 2.0]
+    rows = race.summarise(args, cells)
+    staged = [r for r in rows if r["method"] == "staged"]
+    assert [r["target"] for r in staged] == [0.85, 0.87] and staged[0]["tuned"] and staged[0]["original"]
+    low = staged[0]
+    assert low["seeds"] == [0, 1, 2] and low["seconds"] == [4, 5, 6] and low["backprop_seconds"] == [8, 9, 10]
+    assert low["backprop"] == "backprop (Adam) x2"
+    assert low["raw_ratio"] == pytest.approx((4 / 8 + 5 / 9 + 6 / 10) / 3, abs=1e-3)
+    assert low["ratio"] == pytest.approx((4 / 8 + 5 / 9 + 0.5 * 6 / 10) / 3, abs=1e-3)
+    assert staged[1]["ratio"] is None and staged[1]["seconds"] == [None] * 3
+    table = race.headline(rows, budget=45)
+    assert [t for t in table if t["method"] == "staged (tuned = original)"][1]["seconds to target"] \
+        == "not reached within 45 s"
+    # the tuned Adam and its original (x1, run on seed 0 only here) are separate rows
+    adam = {(r["tuned"], r["original"]) for r in rows if r["method"] == "backprop (Adam)"}
+    assert adam == {(True, False)}  # x1 never ran: no row for it
+
+
+def test_a_crossing_counts_once_the_whole_test_set_confirms_it(tmp_path):
+    args = types.SimpleNamespace(out=str(tmp_path), seed=0, plot=False)
+    x = torch.arange(10.0)[:, None]
+    y = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    with Run(args, "test", torch.device("cpu")) as run:
+        curve = RaceCurve(run, "m", (x, y), 10, budget_steps=True, every_steps=1, eval_size=4,
+                          targets=[0.5, 0.9])
+        always_one = lambda x: torch.stack([torch.zeros(len(x)), torch.ones(len(x))], 1)
+        assert curve.point(always_one, [], "all") == 1.0   # the slice: all 1s
+        # the slice reached both targets; the whole set (4 of 10) confirms neither
+        assert curve.unconfirmed == [0.5, 0.9] and run.rows[-1]["full_test_accuracy"] == 0.4
+        right = lambda x: torch.stack([(x[:, 0] >= 4).float(), (x[:, 0] < 4).float()], 1)
+        curve.point(right, [], "all")
+        assert curve.unconfirmed == [] and run.rows[-1]["full_test_accuracy"] == 1.0
+        curve.point(right, [], "all")                         # nothing left to confirm
+        assert "full_test_accuracy" not in run.rows[-1] or run.rows[-1]["full_test_accuracy"] in ("", None)
+        assert run.rows[-1]["eval_examples"] == 4
+
+
+def test_cells_of_other_settings_are_not_mixed_in(tmp_path, capsys):
+    path = tmp_path / "race.json"
+    path.write_text('{"cells": {"x": {}}, "seconds": 45, "dataset": "fashion-mnist"}')
+    with pytest.raises(SystemExit) as stop:
+        race.main(["--json", str(path), "--seconds", "30"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds cells measured with other settings" in err and "--fresh" in err and err.count("\n") == 1
+    assert path.read_text() == '{"cells": {"x": {}}, "seconds": 45, "dataset": "fashion-mnist"}'
