@@ -188,20 +188,25 @@ def summarise(args, cells):
 
 
 def headline(rows, budget):
-    """method | network | target | seconds | tuned backprop's | ratio | seeds."""
-    def fmt(values):
+    """Two tables, tuned configurations and original ones: method | network | config | target |
+    seconds to it | the tuned backprop's | ratio | final accuracy | seeds."""
+    def fmt(values, digits=1):
         got = [v for v in values if v is not None]
         if not got:
             return f"not reached within {budget:g} s"
-        text = f"{statistics.mean(got):.1f}" + (f" ± {statistics.pstdev(got):.1f}" if len(got) > 1 else "")
+        text = f"{statistics.mean(got):.{digits}f}"
+        text += f" ± {statistics.pstdev(got):.{digits}f}" if len(got) > 1 else ""
         return text + (f" (reached on {len(got)} of {len(values)} seeds)" if len(got) < len(values) else "")
-    return [{"method": r["method"] + (" (tuned = original)" if r["tuned"] and r["original"] else
-                                      " (tuned)" if r["tuned"] else " (original)"),
-             "network": r["network"], "target %": f"{100 * r['target']:g}",
-             "seconds to target": fmt(r["seconds"]), "tuned backprop's": fmt(r["backprop_seconds"]),
-             "÷ tuned backprop (speed-corrected)": "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
-             "final accuracy %": fmt([100 * a for a in r["final"]]).split(" (")[0],
-             "seeds": ", ".join(map(str, r["seeds"]))} for r in rows]
+    tables = {}
+    for title, which in (("tuned configurations (the best of the grid on seed 0)", "tuned"),
+                         ("original hyperparameters", "original")):
+        tables[title] = [{"method": r["method"], "network": r["network"], "config": r["config"].split(",")[0],
+                          "target %": f"{100 * r['target']:g}", "seconds to target": fmt(r["seconds"]),
+                          "tuned backprop's": fmt(r["backprop_seconds"]),
+                          "÷ tuned backprop": "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
+                          "final accuracy %": fmt([100 * a for a in r["final"]]).split(" (")[0],
+                          "seeds": ", ".join(map(str, r["seeds"]))} for r in rows if r[which]]
+    return tables
 
 
 # ============================================================================ the figure
@@ -266,6 +271,7 @@ def main(argv=None):
                         help="default: results/benchmarks/race.json (--quick: <out>/quick.json)")
     parser.add_argument("--fresh", action="store_true", help="forget the cells already in the JSON")
     parser.add_argument("--plot", action="store_true", help="draw assets/race_<network>.png")
+    parser.add_argument("--report", action="store_true", help="run nothing: tables and figures from the JSON")
     args = parser.parse_args(argv)
     if 0 not in args.seeds:
         parser.error("--seeds: the tuning runs on seed 0; include 0")
@@ -280,7 +286,8 @@ def main(argv=None):
         args.eval_size, args.targets = 500, args.targets or [0.6, 0.7]
     path = Path(args.json or (Path(args.out, "quick.json") if args.quick else ROOT / "results/benchmarks/race.json"))
     settings = dict(dataset=args.dataset, seconds=args.seconds, eval_seconds=args.eval_seconds,
-                    eval_size=args.eval_size, factors=args.factors, targets={n: targets(args, n) for n in NETWORKS})
+                    eval_size=args.eval_size, factors=args.factors,
+                    accuracy_targets={n: targets(args, n) for n in NETWORKS})
     kept = {} if args.fresh or not path.exists() else json.loads(path.read_text())
     if kept.get("cells") and {k: kept.get(k) for k in settings} != settings:
         parser.error(f"{path} holds cells measured with other settings "
@@ -294,9 +301,10 @@ def main(argv=None):
 
     def write():
         results["results"] = summarise(args, cells)
-        results["rows"] = {"time to target against the tuned backprop": headline(results["results"], args.seconds)}
+        results["rows"] = headline(results["results"], args.seconds)
+        results["readme_tables"] = list(results["rows"])[:1]
         path.write_text(json.dumps(results, indent=1) + "\n")
-    for _ in range(2):  # the second round: the seeds of the configurations the first chose
+    for _ in range(0 if args.report else 2):  # the second round: the seeds of the configurations the first chose
         for cell in plan(args, cells):
             cells[key(*cell)] = run_cell(args, *cell)
             write()
