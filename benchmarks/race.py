@@ -142,10 +142,11 @@ def plan(args, cells):
     for network in args.networks:
         for method in methods(args, network):
             todo += [(network, method, f, 0) for f in args.factors]
-        for method in methods(args, network):
-            best = best_factor(cells, network, method, args)
-            if best is not None and all(key(network, method, f, 0) in cells for f in args.factors):
-                todo += [(network, method, f, s) for f in dict.fromkeys([best, 1.0]) for s in args.seeds if s]
+        chosen = {m: best_factor(cells, network, m, args) for m in methods(args, network)
+                  if all(key(network, m, f, 0) in cells for f in args.factors)}
+        for tuned in (True, False):  # every tuned configuration first: a stopped race has those
+            todo += [(network, m, f, s) for m, best in chosen.items() for f in ([best] if tuned else [1.0])
+                     if tuned or best != 1.0 for s in args.seeds if s]
     return [c for c in todo if key(*c) not in cells]
 
 
