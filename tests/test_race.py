@@ -58,7 +58,8 @@ def test_rows_divide_by_the_tuned_backprop_seed_for_seed_with_the_speed_correcti
     assert staged[1]["ratio"] is None and staged[1]["seconds"] == [None] * 3
     tuned, original = race.headline(rows, budget=45).values()
     assert [t["seconds to target"] for t in tuned if t["method"] == "staged"] == ["5.0 ± 0.8", "not reached within 45 s"]
-    assert [t["÷ tuned backprop"] for t in original if t["method"] == "staged"] == [f"{low['ratio']:.2f}", "-"]
+    assert [t["÷ speed-corrected"] for t in original if t["method"] == "staged"] == [f"{low['ratio']:.2f}", "-"]
+    assert [t["÷ tuned backprop, raw"] for t in original if t["method"] == "staged"][0] == f"{low['raw_ratio']:.2f}"
     # the tuned Adam and its original (x1, run on seed 0 only here) are separate rows
     adam = {(r["tuned"], r["original"]) for r in rows if r["method"] == "backprop (Adam)"}
     assert adam == {(True, False)}  # x1 never ran: no row for it
