@@ -191,12 +191,11 @@ def summarise(args, cells):
 def headline(rows, budget):
     """Two tables, tuned configurations and original ones: method | network | config | target |
     seconds to it | the tuned backprop's | ratio | final accuracy | seeds."""
-    def fmt(values, digits=1):
+    def fmt(values):
         got = [v for v in values if v is not None]
         if not got:
             return f"not reached within {budget:g} s"
-        text = f"{statistics.mean(got):.{digits}f}"
-        text += f" ± {statistics.pstdev(got):.{digits}f}" if len(got) > 1 else ""
+        text = f"{statistics.mean(got):.1f}" + (f" ± {statistics.pstdev(got):.1f}" if len(got) > 1 else "")
         return text + (f" (reached on {len(got)} of {len(values)} seeds)" if len(got) < len(values) else "")
     tables = {}
     for title, which in (("tuned configurations (the best of the grid on seed 0)", "tuned"),
@@ -221,7 +220,7 @@ def plot(args, cells, rows, assets):
     import numpy as np
     figures = []
     for network in args.networks:
-        tuned = {(r["method"]) for r in rows if r["network"] == network and r["tuned"]}
+        tuned = {r["method"] for r in rows if r["network"] == network and r["tuned"]}
         if not tuned:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))

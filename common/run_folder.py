@@ -348,7 +348,8 @@ class RaceCurve:
     fast) and logs a row with the column acc/<name>: the run's best accuracy and time to
     target see points only. With `targets`, a point whose slice accuracy reaches a target
     not yet confirmed is evaluated again on the whole of `test`, logged as
-    full_test_accuracy: a crossing counts once confirmed there. `final` evaluates on the split it is given, records that as the
+    full_test_accuracy: a crossing counts once confirmed there.
+    `final` evaluates on the split it is given, records that as the
     method's test accuracy, and logs its row without acc/<name>. Rows carry <kind>,
     stage, <kind>_seconds (the clock), cpu_seconds, test_loss, test_accuracy,
     eval_examples, and the means of what `tick` was given since the last point.
