@@ -34,7 +34,7 @@ BENCHMARKS = {
     "synthgrad_transport": (["--plot"], ["--skip-training", "--messages", "100"]),
     "async_efficiency": (["--plot"], None),
     "async_study": (["--plot"], None),
-    "race": (["--plot"], None),   # only the cells not yet in its JSON (about two hours from scratch)   # only the cells not yet in its JSON (~70 min from scratch)
+    "race": (["--plot"], None),   # only the cells not yet in its JSON (about three hours from scratch)
 }
 
 # (script, run name, extra flags, seeds): each seed runs into results/<script>/<name>-seed<k>.

@@ -169,3 +169,19 @@ def test_real_fashion_mnist_beats_chance(tmp_path):
     assert result.returncode == 0, result.stderr
     accuracy = json.loads((out / "summary.json").read_text())["test_accuracy"]
     assert accuracy["teacher"] > 0.70 and accuracy["student"] > 0.45, accuracy
+
+
+def test_baseline_trains_the_same_mlp_by_backprop_on_its_own_clock(tiny_data, tmp_path):
+    """--baseline: the teacher's network alone, no student, same batches; each side's seconds
+    are its own (the race reads them), and together they are the run's training time."""
+    out = tmp_path / "run"
+    single_mach.main(["--data-dir", str(tiny_data), "--iterations", "40", "--eval-every", "20", "--baseline",
+                      "--out", str(out)])
+    _, summary, rows = read_run(out)
+    assert set(summary["test_accuracy"]) == {"teacher", "student", "backprop"}
+    assert summary["test_accuracy"]["backprop"] > 0.5          # it learns like the teacher
+    mach, backprop = float(rows[-1]["sec/mach"]), float(rows[-1]["sec/backprop"])
+    assert 0 < backprop and 0 < mach and mach + backprop <= summary["train_seconds"] + 0.01
+    assert {(p["method"], p["baseline"]) for p in summary["time_to_target"]["pairs"]} == {
+        ("teacher", "backprop"), ("student", "backprop"), ("student", "teacher")}
+    assert summary["results"]["baseline"] == "backprop"
