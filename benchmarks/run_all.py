@@ -62,6 +62,9 @@ EXPERIMENTS = [
     ("layerwise_demo", "submodel-back", ["--strategy", "submodel", "--layer-budget", "1", "1", "4"], (0,)),
     ("layerwise_demo", "finetune20", ["--strategy", "submodel", "maxdiff", "--finetune-seconds", "20"], (0,)),
     ("layerwise_demo", "maxdiff-pull", ["--strategy", "maxdiff", "--maxdiff-pull"], (0,)),
+    # sim and predsim end far below their paper at 60 s: do they keep climbing with 5 minutes?
+    ("layerwise_demo", "predsim-300s", ["--strategy", "backprop", "sim", "predsim", "--seconds", "300",
+                                        "--plot"], (0,)),
 ]
 
 
