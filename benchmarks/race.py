@@ -163,7 +163,7 @@ def read(method, rows, summary, goals):
         return value not in (None, "") and float(value) >= target
     return dict(seconds={f"{t:g}": next((float(r[method.clock]) for r in points if reached(r, t)), None)
                          for t in goals},
-                final=min(summary["test_accuracy"][name] for name in method.names),
+                final=min(summary["test_accuracy"].get(name, 0.0) for name in method.names),  # 0: diverged first
                 curve=[(float(r[method.clock]), accuracy(r)) for r in points])
 
 
