@@ -53,6 +53,7 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from common import cli  # noqa: E402
+from common.run_folder import first_time_at  # noqa: E402
 
 
 class Method(NamedTuple):
@@ -153,18 +154,12 @@ def run_cell(args, network, runner_name, factor, seed):
 def read(method, rows, summary, goals):
     """{seconds: {target: clock at the first point reaching it, or None}, final, curve}."""
     columns = [f"acc/{name}" for name in method.names]
-    points = [r for r in rows if r.get(method.clock) and all(r.get(c) for c in columns)]  # not a final-only row
-
-    def accuracy(row):
-        return min(float(row[c]) for c in columns)
-
-    def reached(row, target):
-        value = row.get(method.confirm) if method.confirm else accuracy(row)
-        return value not in (None, "") and float(value) >= target
-    return dict(seconds={f"{t:g}": next((float(r[method.clock]) for r in points if reached(r, t)), None)
+    points = [dict(r, accuracy=min(float(r[c]) for c in columns)) for r in rows   # not a final-only row
+              if r.get(method.clock) and all(r.get(c) for c in columns)]
+    return dict(seconds={f"{t:g}": first_time_at(points, method.confirm or "accuracy", method.clock, t)
                          for t in goals},
                 final=min(summary["test_accuracy"].get(name, 0.0) for name in method.names),  # 0: diverged first
-                curve=[(float(r[method.clock]), accuracy(r)) for r in points])
+                curve=[(float(r[method.clock]), r["accuracy"]) for r in points])
 
 
 def probe(seconds=1.0):
@@ -328,21 +323,20 @@ def plot(cells, networks, rows, seeds, assets):
     import numpy as np
     figures = []
     for network, measured in networks.items():
-        tuned = {r["method"]: r["config"] for r in rows if r["network"] == network and r["tuned"]}
+        tuned = {r["method"]: best_factor(cells, network, r["method"], measured["factors"], measured["targets"])
+                 for r in rows if r["network"] == network and r["tuned"]}
         if not tuned:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        curves = {m: [cells[k]["methods"][m]["curve"] for s in seeds if (k := key(
-            network, runner_of(network, m), best_factor(cells, network, m, measured["factors"],
-                                                        measured["targets"]), s)) in cells] for m in tuned}
+        curves = {m: [cells[k]["methods"][m]["curve"] for s in seeds
+                      if (k := key(network, runner_of(network, m), factor, s)) in cells] for m, factor in tuned.items()}
         grid = np.linspace(0, max(c[-1][0] for cs in curves.values() for c in cs if c), 200)
         for method, runs in curves.items():
             ys = np.array([np.interp(grid, *zip(*c), left=np.nan, right=np.nan) for c in runs if c])
             with warnings.catch_warnings():  # before a curve's first point: no value, no warning
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean, std = np.nanmean(ys, 0), np.nanstd(ys, 0)
-            factor = tuned[method].split("(x")[1].split(" ")[0]
-            line, = ax.plot(grid, 100 * mean, label=f"{method} (x{factor})",
+            line, = ax.plot(grid, 100 * mean, label=f"{method} (x{tuned[method]:g})",
                             linestyle="--" if "truncated" in method or "backprop" in method else "-")
             ax.fill_between(grid, 100 * (mean - std), 100 * (mean + std), color=line.get_color(), alpha=0.15)
         for t in measured["targets"]:
