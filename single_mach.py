@@ -31,7 +31,7 @@ with its own Adam and its own clock: what a MACH component costs against plain b
 
 Original result (MNIST, defaults): teacher 97.87 %, student 97.49 %.
 Measured (Fashion-MNIST, defaults, seeds 0-2, 2-core Xeon CPU, torch 2.14):
-teacher 88.55 +- 0.20 %, student 86.25 +- 0.47 %, about 70-80 s of training;
+teacher 88.55 +- 0.20 %, student 86.25 +- 0.47 %, about 65-75 s of training;
 the table is generated in README.md, section "single_mach.py".
 
     python single_mach.py --dataset fashion-mnist
