@@ -27,19 +27,11 @@ Launching and watching the components (not the idea): common/runtime.py.
 
     python async_mach.py --dataset fashion-mnist         # 3 threads; or --backend process
     python async_mach.py --dataset fashion-mnist --backend virtual --components 8 --latency-ms 50
-    torchrun --nproc-per-node 2 async_mach.py --backend torchrun --components 2
 """
 import collections
 import functools
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from common import cli, runtime
-from common.data import Batches, load_data
-from common.models import INITS, make_optimizer, mlp
-from common.run_folder import Run, evaluate
+from common import cli, runtime_flags
 
 MAX_IN_FLIGHT = 4  # unanswered spikes a parent allows per child before it skips one
 
@@ -47,8 +39,7 @@ MAX_IN_FLIGHT = 4  # unanswered spikes a parent allows per child before it skips
 def build_parser():
     parser = cli.make_parser(__doc__, iterations=3000, batch_size=50, lr=1e-4, eval_every=500)
     mach = parser.add_argument_group("components")
-    mach.add_argument("--components", type=cli.positive_int, default=3,
-                      help="number of components K")
+    mach.add_argument("--components", type=cli.positive_int, default=3, help="number of components K")
     mach.add_argument("--topology", choices=("sequence", "kgraph"), default="sequence",
                       help="sequence: child of i is i-1; kgraph: every other component")
     mach.add_argument("--forward", choices=("student", "child"), default="student",
@@ -59,7 +50,7 @@ def build_parser():
                       help="size of the embedding e a component answers with")
     mach.add_argument("--hidden", type=cli.positive_int, nargs=2, default=[512, 256],
                       metavar=("H1", "H2"), help="hidden sizes of teacher and student")
-    mach.add_argument("--init", choices=INITS, default="tf",
+    mach.add_argument("--init", choices=cli.INITS, default="tf",
                       help="tf: truncated normal std 0.1, bias 0.1 (original; measured fine with kgraph)")
     learn = parser.add_argument_group("gradient queue (MLI)")
     learn.add_argument("--queue-size", type=cli.positive_int, default=16,
@@ -68,19 +59,31 @@ def build_parser():
                        help="which gradients a learn step takes first (original: lifo)")
     learn.add_argument("--accumulate", type=cli.positive_int, default=1,
                        help="gradients averaged into one optimizer step (at most --queue-size)")
-    runtime.add_arguments(parser)  # --backend, --seconds, --latency-ms, --peer-timeout, ...
+    runtime_flags.add_arguments(parser)  # --backend, --seconds, --latency-ms, --peer-timeout, ...
     return parser
 
 
 def validate(args):
     """How the flags combine; checked before anything is loaded or written."""
     if args.accumulate > args.queue_size:
-        raise cli.UserError(f"--accumulate {args.accumulate} is more than --queue-size "
-                            f"{args.queue_size}: the queue could never fill a learn step; "
-                            "raise --queue-size or lower --accumulate")
+        raise cli.UserError(f"--accumulate {args.accumulate} is more than --queue-size {args.queue_size}: the "
+                            "queue could never fill a learn step; raise --queue-size or lower --accumulate")
     if args.topology == "kgraph" and args.components < 2:
         raise cli.UserError("--topology kgraph needs --components 2 or more")
-    runtime.validate(args)  # its own flags, and the ranks torchrun started
+    runtime_flags.validate(args)  # its own flags, and the ranks torchrun started
+
+
+if __name__ == "__main__":  # a bad flag is refused before the 2-3 s of `import torch` below
+    cli.check_flags(build_parser(), validate)
+import torch
+import torch.nn.functional as F
+from torch import nn
+from common import runtime
+from common.data import Batches, load_data
+from common.evaluation import evaluate
+from common.models import make_optimizer, mlp
+from common.pulse import Pulse
+from common.run_folder import Run
 
 
 # ============================================================================ the component
@@ -90,22 +93,19 @@ class Component(nn.Module):
     def __init__(self, input_size, hidden, embedding_size, num_classes, init):
         super().__init__()
         self.student = mlp([input_size, *hidden, embedding_size], init=init)
-        self.teacher = mlp([input_size + embedding_size, *hidden, embedding_size],
-                           activate_output=True, init=init)
+        self.teacher = mlp([input_size + embedding_size, *hidden, embedding_size], activate_output=True, init=init)
         self.logits = mlp([embedding_size, num_classes], init=init)
 
     def embed(self, x, child_embedding):
         return self.teacher(torch.cat([x, child_embedding], 1))
 
-    def predict(self, x):
-        # Local inference: the student stands in for the child; no neighbour runs.
+    def predict(self, x):  # local inference: the student stands in for the child; no neighbour runs
         return self.logits(self.embed(x, self.student(x)))
 
 
 def grads_of(loss_or_output, params, grad_output=None):
     """d(output)/d(params) without touching .grad: MLI's Backward on &self."""
-    grads = torch.autograd.grad(loss_or_output, params, grad_outputs=grad_output,
-                                allow_unused=True)
+    grads = torch.autograd.grad(loss_or_output, params, grad_outputs=grad_output, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
@@ -138,8 +138,7 @@ def delayed_gradient(model, x, child_input, grad_embedding, input_is_real):
     params = list(model.parameters())
     child_input = child_input.detach().requires_grad_(input_is_real)
     embedding = model.embed(x, child_input)
-    wrt = params + ([child_input] if input_is_real else [])
-    grads = grads_of(embedding, wrt, grad_embedding)
+    grads = grads_of(embedding, params + ([child_input] if input_is_real else []), grad_embedding)
     return (grads[:-1], grads[-1]) if input_is_real else (grads, None)
 
 
@@ -177,22 +176,22 @@ def family(rank, K, topology):
     return children, parents, children + parents
 
 
-class Worker:
-    """One component's loop: handle messages, take a step, learn, report.
+class ComponentLoop:
+    """One component's event loop: handle messages, take a step, learn, report.
 
-    Shutdown handshake (links are first-in first-out): when its own steps are done a
-    component sends `done` to each neighbour (no more requests from it); once it has both
-    sent `done` and received a neighbour's `done`, it sends that neighbour `bye` (no more
-    messages of any kind). It leaves when it has sent and received `done` and `bye` with
-    every neighbour, so nobody ever sends to a component that has left.
+    Shutdown handshake (links are first-in first-out): when its own steps are done a component
+    sends `done` to each neighbour (no more requests from it); once it has both sent `done` and
+    received a neighbour's `done`, it sends that neighbour `bye` (no more messages of any kind).
+    It leaves having sent and received `done` and `bye` with every neighbour: nobody ever sends
+    to a component that has left.
     """
 
     def __init__(self, args, rank, data, transport, board, device):
-        self.rank, self.args, self.data, self.net, self.board = rank, args, data, transport, board
+        self.rank, self.args, self.data, self.transport, self.board = rank, args, data, transport, board
         self.children, self.parents, self.neighbours = family(rank, args.components, args.topology)
         torch.manual_seed(args.seed * 100 + rank)
-        self.model = Component(data.input_size, args.hidden, args.embedding_size,
-                               data.num_classes, args.init).to(device)
+        self.model = Component(data.input_size, args.hidden, args.embedding_size, data.num_classes,
+                               args.init).to(device)
         self.params = list(self.model.parameters())
         self.optimizer = make_optimizer(self.params, "adam", lr=args.lr)
         self.queue = GradientQueue(args.queue_size, args.queue_order)
@@ -203,7 +202,9 @@ class Worker:
         self.pending = {}                      # my spike key -> what to do with the answers
         self.answered = collections.OrderedDict()  # (parent, key) -> what the answer used
         self.done_sent, self.done_from, self.bye_sent, self.bye_from = False, set(), set(), set()
-        self.stats, self.accuracy, self.waiting = collections.Counter(), None, False
+        self.counts = collections.Counter()    # steps, messages, drops ...: what the monitor sums
+        self.last_loss = {"ce": 0.0, "distill": 0.0}   # of the latest own or answered step
+        self.accuracy, self.waiting = None, False
         self.staleness = collections.Counter()  # staleness -> gradients learned at it
 
     def batch(self, ids):
@@ -214,8 +215,8 @@ class Worker:
     def send(self, dst, **message):
         if dst in self.bye_sent:
             return  # it has said goodbye to us, or we to it: nothing more on this link
-        self.net.send(dst, message)
-        self.stats["sent"] += message["kind"] != "beat"   # msg/s counts work, not heartbeats
+        self.transport.send(dst, message)
+        self.counts["sent"] += message["kind"] != "beat"   # msg/s counts work, not heartbeats
 
     def spike(self, ids, depth, **purpose):
         children = [c for c in self.children if c not in self.bye_sent]
@@ -245,9 +246,8 @@ class Worker:
     def handle(self, m):
         kind, src = m["kind"], m["src"]
         if kind == "spike":
-            if (self.args.forward == "child" and m["depth"] > 1 and not self.done_sent
-                    and self.spike(m["ids"], m["depth"] - 1, purpose="relay",
-                                   parent=src, parent_key=m["key"])):
+            if (self.args.forward == "child" and m["depth"] > 1 and not self.done_sent and
+                    self.spike(m["ids"], m["depth"] - 1, purpose="relay", parent=src, parent_key=m["key"])):
                 return  # answered when our own children answer
             self.answer_from_student(src, m["key"], m["ids"])
         elif kind == "answer":
@@ -287,21 +287,21 @@ class Worker:
         x, y = self.batch(p["ids"])
         param_grads, grad_e, ce, distill = answer_gradient(self.model, x, y, combined)
         self.queue.push(param_grads, self.version)
-        self.stats["ce"], self.stats["distill"] = ce, distill
+        self.last_loss.update(ce=ce, distill=distill)
         for c in p["answers"]:
             self.send(c, kind="grad", key=key, grad=grad_e)
         if p["purpose"] == "own":
-            self.stats["steps"] += 1
+            self.counts["steps"] += 1
             self.waiting = False
 
     def on_grad(self, parent, key, grad_embedding):
         entry = self.answered.pop((parent, key), None)
         if entry is None or self.done_sent:
-            self.stats["grads_lost"] += entry is None
+            self.counts["grads_lost"] += entry is None
             return
         x, _ = self.batch(entry["ids"])
-        param_grads, grad_input = delayed_gradient(
-            self.model, x, entry["input"], grad_embedding.to(x.device), entry["real"])
+        param_grads, grad_input = delayed_gradient(self.model, x, entry["input"], grad_embedding.to(x.device),
+                                                   entry["real"])
         self.queue.push(param_grads, entry["version"])
         if grad_input is not None:  # pass the delayed gradient on to our own child
             for c in self.children:
@@ -317,47 +317,47 @@ class Worker:
         x, y = self.batch(ids)
         grads, ce, distill = own_step_gradient(self.model, x, y, is_leaf=not self.children)
         self.queue.push(grads, self.version)
-        self.stats["steps"] += 1
-        self.stats["ce"] = ce
+        self.counts["steps"] += 1
+        self.last_loss["ce"] = ce
         if not self.children:  # a leaf: nobody to ask
-            self.stats["distill"] = distill
+            self.last_loss["distill"] = distill
         elif sum(p["purpose"] == "target" for p in self.pending.values()) < MAX_IN_FLIGHT:
             self.spike(ids, 1, purpose="target")  # the answer arrives when it arrives
         else:
-            self.stats["spikes_skipped"] += 1
+            self.counts["spikes_skipped"] += 1
 
-    def learn(self):
-        self.stats["queue_max"] = max(self.stats["queue_max"], len(self.queue.items))
+    def learn(self):  # MLI's Train: every full batch of queued gradients, one optimizer step each
+        self.counts["queue_max"] = max(self.counts["queue_max"], len(self.queue.items))
         while len(self.queue.items) >= self.args.accumulate:
             batch = self.queue.pop(self.args.accumulate)
             self.staleness.update(str(self.version - v) for _, v in batch)
             learn_step(self.params, self.optimizer, batch)
             self.version += 1
 
-    def evaluate(self):
-        clock = self.net.clock
-        began = clock.now()
+    def measure_accuracy(self):
+        clock, began = self.transport.clock, self.transport.clock.now()
         with clock.off_the_clock():  # virtual time stops: measuring is not the component's work
             _, self.accuracy = evaluate(self.model.predict, self.data.test_x, self.data.test_y)
-        self.stats["eval_seconds"] += clock.now() - began
-        self.stats["evaluations"] += 1  # so the monitor logs each accuracy once, when it is new
+        self.counts["eval_seconds"] += clock.now() - began
+        self.counts["evaluations"] += 1  # so the monitor logs each accuracy once, when it is new
 
     def progress(self):  # what the runtime's monitor reports and sums
-        return dict(self.stats, learn_steps=self.version, epoch=self.stream.epoch, accuracy=self.accuracy,
-                    queue=len(self.queue.items), drops=self.queue.drops, staleness=self.staleness)
+        return dict(self.counts, **self.last_loss, learn_steps=self.version, epoch=self.stream.epoch,
+                    accuracy=self.accuracy, queue=len(self.queue.items), drops=self.queue.drops,
+                    staleness=self.staleness)
 
     def run(self):  # the loop
-        pulse = runtime.Pulse(self, self.args)  # reports, stop, heartbeats, dead peers, --seconds
+        pulse = Pulse(self, self.args)  # reports, stop, heartbeats, dead peers, --seconds
         next_eval = 0  # step 0 too: the curve starts at chance
         while True:
             pulse(quiet=self.bye_from)  # who said bye may fall silent
-            for m in pulse.due(self.net, idle=self.done_sent or self.waiting):
-                self.stats["received"] += m["kind"] != "beat"
+            for m in pulse.due(self.transport, idle=self.done_sent or self.waiting):
+                self.counts["received"] += m["kind"] != "beat"
                 self.handle(m)
             if not self.done_sent and not self.waiting:
-                steps = self.stats["steps"]
+                steps = self.counts["steps"]
                 if steps >= next_eval:
-                    self.evaluate()
+                    self.measure_accuracy()
                     next_eval += self.args.eval_every
                 if pulse.time_is_up(steps, self.args.iterations):
                     self.done_sent = True
@@ -371,7 +371,7 @@ class Worker:
             self.learn()
             if self.done_sent and self.done_from == self.bye_from == set(self.neighbours):
                 break
-        self.evaluate()
+        self.measure_accuracy()
         pulse.report(finished=True)
 
 
@@ -381,7 +381,7 @@ def main(argv=None):
     device = runtime.local_device(args, device)   # torchrun: cuda follows LOCAL_RANK
     K = args.components  # the last message a component gets from each neighbour is its "bye":
     farewells = ("bye", [len(family(r, K, args.topology)[2]) for r in range(K)])
-    make_worker = functools.partial(Worker, args)  # (rank, data, transport, board, device)
+    make_worker = functools.partial(ComponentLoop, args)  # (rank, data, transport, board, device)
     load = functools.partial(load_data, args.dataset, args.data_dir, flat=True)
     data = None if args.backend == "process" else load(device)  # processes load their own
     if runtime.rank(args) != 0:  # a torchrun rank: one component; rank 0 keeps the run folder

@@ -28,6 +28,7 @@ sg() is stop-gradient. Strategies:
                   S the batch's n x n cosine similarity of row-centred vectors (a conv output:
                   its channels' std over positions): Nokland & Eidnes, arXiv 1901.06656
     predsim       the same with (1 - beta) CE(G_k(h_k), y) + beta sim_k, beta = --predsim-beta
+                  --sim-projection: S(P_k h_k), P_k a learned 3x3 conv or linear map, no bias
 
 maxdiff, kl and sim give a block no classifier, so a readout head G_k trains beside it
 on sg(B_k(h)) to measure the full model's loss. Greedy strategies split the budget over
@@ -37,28 +38,21 @@ end-to-end Adam, out of the same budget. --blocks k trains the truncated network
 G_k(B_k(...B_1(x))) by backprop: the control for "a smaller model trains faster".
 
 Every strategy gets the same budget (--seconds of its own training clock, --epochs or
---iterations), initial weights and batches. Every --eval-seconds a curve point tests
-the full model (blocks so far + current head) on the first --eval-size test images:
-the best point and the time to 95 % of backprop's final accuracy come from these; the
-final accuracy is on the whole test set. Evaluation time is not training time.
+--iterations), initial weights and batches. Every --eval-seconds a curve point tests the
+full model (blocks so far + current head) on the first --eval-size test images: the best
+point and the time to 95 % of backprop's final accuracy come from these; the final
+accuracy is on the whole test set. Evaluation is off the clock.
 
-Deviations from the originals: PyTorch; Adam (lr 1e-3) for every strategy but
-backprop-sgd; maxdiff averages over pairs and keeps those with DIFFERENT labels, as the
-study's comment intended (its code kept equal ones); kl, shelved there, is a per-batch
-Gaussian estimate; inputs standardised; sim reads the block's output itself, not a
-separate 3x3 conv. Results and docs: README.md, "layerwise_demo.py".
+Deviations from the originals: PyTorch; Adam (lr 1e-3) for every strategy but backprop-sgd;
+maxdiff averages over pairs and keeps those with DIFFERENT labels, as the study's comment
+intended (its code kept equal ones); kl, shelved there, is a per-batch Gaussian estimate;
+inputs standardised; G_K is also block K's head; by default sim and predsim read a block's
+output after its pooling and dropout, without BatchNorm: the paper's blocks and its MLP
+recipe are flags (their command and the results: README.md, "layerwise_demo.py").
 """
 from types import SimpleNamespace
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from common import cli
-from common.data import Batches, LazyCache, MemoryBudget, load_data
-from common.models import BLOCK_MODELS, make_optimizer
-from common.plots import draw_race
-from common.run_folder import RaceCurve, Run, print_race_table
 
 STRATEGIES = ("backprop", "backprop-sgd", "submodel", "decoupled", "maxdiff", "kl", "staged", "sim", "predsim")
 GREEDY = ("submodel", "maxdiff", "kl", "staged")
@@ -68,43 +62,58 @@ FINAL = "final (full test set)"
 def build_parser():
     parser = cli.make_parser(__doc__, iterations=None, batch_size=200, lr=1e-3, eval_every=None)
     race = parser.add_argument_group("the race")
-    race.add_argument("--model", choices=tuple(BLOCK_MODELS), default="tfcnn",
+    race.add_argument("--model", choices=("tfcnn", "lenet", "mlp"), default="tfcnn",
                       help="tfcnn: the TF layers-tutorial CNN; lenet: LeNet-like; mlp: 3x1024")
-    race.add_argument("--strategy", nargs="+", choices=STRATEGIES + ("all",), default=["all"],
-                      help="strategies to race, in order (all: every one)")
+    race.add_argument("--strategy", nargs="+", choices=STRATEGIES + ("all",), default=["all"], help="in race order")
     race.add_argument("--seconds", type=cli.positive_float, default=60.0,
                       help="training seconds per strategy (ignored with --epochs/--iterations)")
-    race.add_argument("--epochs", type=cli.positive_float, default=None,
-                      help="budget in epochs per strategy instead of seconds")
+    race.add_argument("--epochs", type=cli.positive_float, default=None, help="budget in epochs per strategy")
     race.add_argument("--layer-budget", type=cli.positive_float, nargs="+", default=None, metavar="W",
                       help="relative share of the budget, one per block (default: an even split)")
     race.add_argument("--finetune-seconds", type=cli.nonnegative_float, default=0.0,
                       help="end every local strategy with this many seconds of end-to-end Adam")
-    race.add_argument("--eval-seconds", type=cli.positive_float, default=10.0,
-                      help="a curve point every this many training seconds (--eval-every: steps)")
+    race.add_argument("--eval-seconds", type=cli.positive_float, default=None,
+                      help="a curve point every this many training seconds (default: 10; or "
+                           "--eval-every, in steps; not both)")
     race.add_argument("--eval-size", type=cli.positive_int, default=2000,
                       help="test images a curve point is measured on (the final: all of them)")
     race.add_argument("--confirm", type=cli.fraction, nargs="+", default=(), metavar="ACC",
-                      help="accuracies whose first crossing is confirmed on the whole test set")
+                      help="accuracies (fractions: 0.85 0.87) whose first crossing on --eval-size "
+                           "images is tested again on the whole test set (default: none)")
     race.add_argument("--cache-gb", type=cli.nonnegative_float, default=3.0,
                       help="memory for frozen blocks' cached outputs, all together (0: no cache)")
     local = parser.add_argument_group("local losses")
     local.add_argument("--local-optimizer", choices=("adam", "sgd"), default="adam",
                        help="optimizer of the local strategies (the study's maxdiff: sgd, lr 0.01)")
-    local.add_argument("--sgd-lr", type=cli.positive_float, default=0.05,
-                       help="learning rate of backprop-sgd")
+    local.add_argument("--sgd-lr", type=cli.positive_float, default=0.05, help="learning rate of backprop-sgd")
     local.add_argument("--momentum", type=cli.nonnegative_float, default=0.9,
                        help="momentum of backprop-sgd (and of --local-optimizer sgd)")
     local.add_argument("--maxdiff-pull", action="store_true",
                        help="also pull equal-label pairs together (default: push only, the study's idea)")
-    local.add_argument("--kl-dim", type=cli.positive_int, default=32,
-                       help="dimension of the fixed random projection the KL estimate works in")
-    local.add_argument("--kl-eps", type=cli.positive_float, default=1e-3,
-                       help="ridge added to the covariance, relative to its mean variance")
+    local.add_argument("--kl-dim", type=cli.positive_int, default=32, help="kl's random projection's dimension")
+    local.add_argument("--kl-eps", type=cli.positive_float, default=1e-3, help="kl's ridge, x the mean variance")
     local.add_argument("--predsim-beta", type=cli.fraction, default=0.99,
                        help="predsim's weight of the similarity loss (the paper's 0.99)")
     race.add_argument("--blocks", type=cli.positive_int, default=None, metavar="K",
                       help="keep only the first K blocks and head G_K (backprop strategies only)")
+    paper = parser.add_argument_group("the local-loss paper's blocks and recipe (Nokland & Eidnes 2019)").add_argument
+    paper("--norm", choices=("none", "batch"), default="none", help="batch: BatchNorm between every conv/linear "
+          "layer and its nonlinearity, every strategy (the paper's); none: the networks as described")
+    paper("--dropout", type=cli.fraction, default=None, metavar="P", help="dropout probability after tfcnn's "
+          "dense layer (default 0.4, the TF tutorial's) or every mlp layer (default 0; paper 0.025)")
+    paper("--sim-nonlin", choices=("relu", "leakyrelu"), default="relu", help="sim's and predsim's tfcnn/mlp "
+          "nonlinearity (the paper's MLP: leakyrelu, slope 0.01); other strategies keep ReLU")
+    paper("--sim-projection", action="store_true", help="sim, predsim: S() of a learned 3x3 conv or linear map, "
+          "no bias, of a block's output, the paper's (default: off, S() of the output itself)")
+    paper("--local-before-pool", action="store_true", help="decoupled, sim, predsim: local losses before a "
+          "block's pooling/dropout, conv heads avg-pooled to <= 4096 inputs, the paper's (default: off, after)")
+    paper("--zero-heads", action="store_true", help="the local strategies' heads G_k (G_K: the output layer) "
+          "start with zero weights, the paper's (default: off, PyTorch's initialisation)")
+    paper("--lr-decay-at", type=cli.fraction, nargs="+", default=None, metavar="F", help="fractions (0-1) of the "
+          "budget where each lr is multiplied by --lr-decay-factor (paper: 0.5 0.75 0.875 0.94; default: none)")
+    paper("--lr-decay-factor", type=cli.fraction, default=0.25, help="lr factor at each --lr-decay-at, the paper's")
+    paper("--augment", action="store_true", help="training images shifted up to 2 pixels each way (zero-padded "
+          "crop) and mirrored left-right with probability 1/2, the paper's (default: off)")
     return parser
 
 
@@ -114,6 +123,10 @@ def validate(args):
     num_blocks = len(BLOCK_MODELS[args.model]()) - 1
     if args.epochs and args.iterations:
         raise cli.UserError("--epochs and --iterations both set: the budget is one of them; drop one")
+    if args.eval_every and args.eval_seconds:
+        raise cli.UserError("--eval-every and --eval-seconds both set: curve points come every so "
+                            "many steps or seconds; drop one")
+    args.eval_seconds = None if args.eval_every else args.eval_seconds or 10.0
     if args.layer_budget and len(args.layer_budget) != num_blocks:
         raise cli.UserError(f"--layer-budget: {args.model} has {num_blocks} blocks, got "
                             f"{len(args.layer_budget)} weights; give one weight per block")
@@ -128,46 +141,30 @@ def validate(args):
                             f"--strategy backprop/backprop-sgd only; use 1..{num_blocks} with those")
     if args.batch_size < 4 and {"maxdiff", "kl"} & set(args.strategy):
         raise cli.UserError("--batch-size: maxdiff and kl compare pairs within a batch; use at least 4")
+    if (args.augment or args.lr_decay_at) and set(GREEDY) & set(args.strategy):
+        raise cli.UserError("--augment/--lr-decay-at: the greedy strategies (submodel, maxdiff, kl, staged) "
+                            "cache frozen outputs and split the budget by block; drop them from --strategy")
+    if args.batch_size < 2 and args.norm == "batch":
+        raise cli.UserError("--batch-size 1: BatchNorm needs two examples or more a batch; use at least 2")
+    if args.model == "lenet" and (args.sim_nonlin != "relu" or args.dropout is not None):
+        raise cli.UserError("--sim-nonlin/--dropout: lenet has its scaled tanh and no dropout; use tfcnn or mlp")
 
 
-# -- The model as blocks, each with its auxiliary head ---------------------------
-
-class LayerwiseNet(nn.Module):
-    """Blocks B_1..B_K and heads G_1..G_K (G_K = the output layer O). The full model is
-    O(B_K(...B_1(x))), or for staged the sum of every head on its block's output."""
-
-    def __init__(self, blocks, heads, staged=False):
-        super().__init__()
-        self.blocks, self.heads, self.staged = blocks, heads, staged
-
-    def forward(self, x):
-        total = 0
-        for block, head in zip(self.blocks, self.heads):
-            x = block(x)
-            if self.staged:
-                total = total + head(x)
-        return total if self.staged else self.heads[-1](x)
-
-    def parts(self):
-        """Each block and head: eval_mode(*parts) puts back a frozen part's own mode."""
-        return [*self.blocks, *self.heads]
+if __name__ == "__main__":  # a bad flag is refused before the 2-3 s of `import torch` (validate needs it)
+    cli.check_flags(build_parser())
+import torch
+import torch.nn.functional as F
+from torch import nn
+from common.augment import crop_flip_batches
+from common.data import Batches, LazyCache, MemoryBudget, load_data
+from common.layerwise_models import BLOCK_MODELS, layerwise_net, split_tail
+from common.models import decay_lr, make_optimizer
+from common.plots import draw_race
+from common.race_curve import RaceCurve, block_stats, print_race_table
+from common.run_folder import Run
 
 
-def build_model(name, num_classes, image_shape, seed, staged=False, keep=None):
-    """Head k is one linear layer on block k's flattened output; the last head is the
-    model's own output layer. Same seed, same weights. keep=k: blocks 1..k and head G_k."""
-    torch.manual_seed(seed)
-    layers = BLOCK_MODELS[name](num_classes=num_classes)
-    blocks, output = layers[:-1], layers[-1]
-    heads, h = [], torch.zeros(2, *image_shape)
-    for block in blocks[:-1]:
-        h = block(h)
-        heads.append(nn.Sequential(nn.Flatten(), nn.Linear(h[0].numel(), num_classes)))
-    heads = nn.ModuleList(heads + [output])
-    return LayerwiseNet(blocks[:keep], heads[:keep], staged)
-
-
-# -- The local losses ------------------------------------------------------------
+# -- The local losses (the model: common.layerwise_models.layerwise_net) -------------------
 
 def maxdiff_loss(h, y, pull=False):
     """Pairs (i, i + n/2); d = 1 - cos. Push apart different labels (-mean d);
@@ -214,35 +211,35 @@ def similarity(h):
     return v @ v.T
 
 
-def decoupled_losses(blocks, heads, x, y, strategy="decoupled", beta=0.99):
+def decoupled_losses(blocks, heads, x, y, strategy="decoupled", beta=0.99, projections=None, before_pool=False):
     """One local loss per block (decoupled: CE; sim; predsim: (1 - beta) CE + beta sim);
     sg() on each block's input keeps every loss inside its own block and head. A sim
-    block's head reads sg(h_k) beside it. Returns [(loss, logits)]."""
+    block's head reads sg(h_k) beside it. Losses on a_k = h_k, or before_pool a_k = body(sg(h_{k-1})),
+    h_k = tail(a_k) (pooling, dropout; G_K reads h_K); projections: sim_k on S(P_k a_k). Returns [(loss, logits)]."""
     out, h = [], x
-    for block, head in zip(blocks, heads):
-        h = block(h.detach())
-        logits = head(h.detach() if strategy == "sim" else h)
+    for k, (block, head) in enumerate(zip(blocks, heads)):
+        body, tail = split_tail(block) if before_pool else (block, nn.Sequential())
+        a = body(h.detach())
+        h = tail(a)
+        read = h if k == len(blocks) - 1 else a
+        logits = head(read.detach() if strategy == "sim" else read)
         ce = F.cross_entropy(logits, y)
         sim = 0 if strategy == "decoupled" else F.mse_loss(
-            similarity(h), similarity(F.one_hot(y, logits.shape[1]).float()))
+            similarity(a if projections is None else projections[k](a)),
+            similarity(F.one_hot(y, logits.shape[1]).float()))
         out.append(((1 - beta) * ce + beta * sim if strategy == "predsim" else ce + sim, logits))
     return out
 
 
-def block_stats(k, local, logits, y):
-    """Block k's local loss and its head's training accuracy, averaged between points."""
-    return {f"local_loss/{k + 1}": local.item(),
-            f"head_acc/{k + 1}": (logits.argmax(1) == y).float().mean().item()}
-
-
 # -- Training: the strategies ------------------------------------------------------
-# race: what all strategies share: data, args, stage_ends (block k's end, in budget units)
+# race: what all strategies share: data, args, total budget, stage_ends (block k's end)
 
-def train_end_to_end(net, curve, batches, optimizer, until, stage="all"):
+def train_end_to_end(net, curve, batches, optimizer, until, race, stage="all"):
     """Backprop through every block until `until` budget is used: the baseline,
     and the --finetune-seconds stage of the local strategies."""
     while curve.used() < until:
         with curve.clock:
+            decay_lr(optimizer, curve.used() / race.total, race.args.lr_decay_at, race.args.lr_decay_factor)
             x, y = next(batches)
             loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
@@ -259,8 +256,10 @@ def train_decoupled(strategy, net, curve, batches, race):
     optimizer = make_optimizer(net.parameters(), args.local_optimizer, args.lr, args.momentum)
     while curve.used() < race.stage_ends[-1]:
         with curve.clock:
+            decay_lr(optimizer, curve.used() / race.total, args.lr_decay_at, args.lr_decay_factor)
             x, y = next(batches)
-            local = decoupled_losses(net.blocks, net.heads, x, y, strategy, args.predsim_beta)
+            local = decoupled_losses(net.blocks, net.heads, x, y, strategy, args.predsim_beta,
+                                     net.projections, args.local_before_pool)
             optimizer.zero_grad(set_to_none=True)
             sum(loss for loss, _ in local).backward()
             optimizer.step()
@@ -339,25 +338,27 @@ def main(argv=None):
     total = (max(1, round(args.epochs * len(data.train_x) / args.batch_size)) if args.epochs
              else args.iterations or args.seconds)
     num_blocks = len(BLOCK_MODELS[args.model]()) - 1
-    weights = args.layer_budget or [1.0] * num_blocks
-    local_total = total - args.finetune_seconds
-    stage_ends = [local_total * sum(weights[:k + 1]) / sum(weights) for k in range(num_blocks)]
-    race = SimpleNamespace(data=data, args=args, stage_ends=stage_ends)
+    weights = args.layer_budget or [1.0] * num_blocks   # block k's share of the local stages' budget
+    stage_ends = [(total - args.finetune_seconds) * sum(weights[:k + 1]) / sum(weights) for k in range(num_blocks)]
+    race = SimpleNamespace(data=data, args=args, total=total, stage_ends=stage_ends)
     n_eval = min(args.eval_size, len(data.test_x))
-
     curves = []
     with Run(args, "layerwise_demo", device) as run:
-        run.summary.update(model=args.model, budget=("steps" if budget_steps else "seconds"),
-                           budget_per_strategy=total, eval_size=n_eval, steps={},
-                           cpu_seconds={}, stage_ends=stage_ends)
+        run.summary.update(model=args.model, budget="steps" if budget_steps else "seconds", eval_size=n_eval,
+                           budget_per_strategy=total, steps={}, cpu_seconds={}, stage_ends=stage_ends)
+        run.clock_of = lambda name: "strategy_seconds"   # each strategy's RaceCurve clock
         run.draw = lambda folder: draw_race(folder, curves, "the strategy's training seconds "
                                             "(evaluation excluded)", f", first {n_eval} test images")
         for strategy in args.strategy:
             local = strategy not in ("backprop", "backprop-sgd")
             name = strategy + (f"+ft{args.finetune_seconds:g}" if args.finetune_seconds and local else "")
             run.print(f"== {name}: {args.model}, budget {total:g} {'steps' if budget_steps else 's'} ==")
-            net = build_model(args.model, data.num_classes, data.train_x.shape[1:], args.seed,
-                              staged=strategy == "staged", keep=args.blocks).to(device)
+            sim = strategy in ("sim", "predsim")  # the paper's options apply to its strategies
+            net = layerwise_net(args.model, data.num_classes, data.train_x.shape[1:], args.seed,
+                                staged=strategy == "staged", keep=args.blocks, norm=args.norm,
+                                nonlin=args.sim_nonlin if sim else "relu", dropout=args.dropout,
+                                before_pool=args.local_before_pool and (sim or strategy == "decoupled"),
+                                projection=args.sim_projection and sim, zero_heads=args.zero_heads and local).to(device)
             curve = RaceCurve(run, name, (data.test_x, data.test_y), len(data.train_x), budget_steps,
                               args.eval_every, args.eval_seconds, "strategy", n_eval, args.confirm)
             curves.append(curve)
@@ -367,18 +368,20 @@ def main(argv=None):
                 train_greedy(strategy, net, curve, batches, race)
             else:
                 batches = iter(Batches(data.train_x, data.train_y, args.batch_size, args.seed))
+                if args.augment:  # black pixels pad the shifted images
+                    batches = crop_flip_batches(batches, args.seed, data.train_x.min().item())
                 if strategy in ("decoupled", "sim", "predsim"):
                     train_decoupled(strategy, net, curve, batches, race)
                 else:
                     kind, lr = ("sgd", args.sgd_lr) if strategy == "backprop-sgd" else ("adam", args.lr)
                     optimizer = make_optimizer(net.parameters(), kind, lr, args.momentum)
-                    train_end_to_end(net, curve, batches, optimizer, total)
+                    train_end_to_end(net, curve, batches, optimizer, total, race)
             if args.finetune_seconds and local:
                 batches = iter(Batches(data.train_x, data.train_y, args.batch_size, args.seed + 1))
                 curve.point(net, net.parts(), "before finetune")
                 net.requires_grad_(True).train()  # unfreeze every block and head
                 optimizer = make_optimizer(net.parameters(), "adam", args.lr)
-                train_end_to_end(net, curve, batches, optimizer, total, "finetune")
+                train_end_to_end(net, curve, batches, optimizer, total, race, "finetune")
             # The last point of the curve, then the whole test set for the final accuracy.
             curve.point(net, net.parts(), "end")
             final = curve.final(net, net.parts(), data.test_x, data.test_y, FINAL)
@@ -390,9 +393,8 @@ def main(argv=None):
         run.baseline = "backprop" if "backprop" in args.strategy else None
         # Targets: 95 % of backprop's final accuracy; times: its first curve point there.
         run.time_to_target([(c.name, "backprop") for c in curves if c.name != "backprop"],
-                           lambda name: "strategy_seconds",
                            rows=[r for r in run.rows if r["stage"] != FINAL])
-        print_race_table(run, curves, n_eval, len(data.test_x))
+        run.end_table = lambda: print_race_table(run, curves, n_eval, len(data.test_x))
 
 
 if __name__ == "__main__":

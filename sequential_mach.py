@@ -26,7 +26,9 @@ and student_i's distillation never reaches teacher_{i-1}. All losses are
 summed and one Adam trains everything, as in the original. Because no
 component waits for another while training, the n students, teachers and
 logits layers are each stored as one StackedMLP (slice i = component i) and
-run together, one or two matrix multiplies per layer instead of n.
+run together, one or two matrix multiplies per layer instead of n
+(SequentialMach.losses); SequentialMach.losses_one_by_one computes the same
+loss with a plain loop over the components, line by line as above.
 
 What it measures, for each component i, on the whole test set:
   teacher_i  *local* accuracy: teacher_i fed its own student; no other
@@ -52,22 +54,14 @@ accuracy, inference times and --baseline are ours.
 
 Original result (MNIST, defaults, 10k iterations): 2 components 98.02 % /
 98.03 %; 3 components 97.75 % / 97.90 % / 97.90 % (teachers, local).
-Measured (Fashion-MNIST, defaults, seed 0, 2-core Xeon CPU, torch 2.14): teachers
-88.60 / 88.60 / 88.21 %, chained_1 87.94 %, chained_2 87.21 %, 279 s of training;
-tables generated in README.md, section "sequential_mach.py".
+Measured results (generated from the logged runs, with hardware and seeds): README.md,
+section "sequential_mach.py"; against a tuned backprop: the README's first table.
 
     python sequential_mach.py --dataset fashion-mnist [--baseline]
 """
 import time
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from common import cli
-from common.data import Batches, load_data
-from common.models import INITS, StackedMLP, make_optimizer, mlp
-from common.run_folder import Clock, Run, evaluate, synchronize
 
 
 def build_parser():
@@ -80,11 +74,23 @@ def build_parser():
                       help="size of every teacher's and student's embedding")
     mach.add_argument("--hidden", type=cli.positive_int, nargs=2, default=[512, 256],
                       metavar=("H1", "H2"), help="hidden sizes of every teacher and student")
-    mach.add_argument("--init", choices=INITS, default="tf",
+    mach.add_argument("--init", choices=cli.INITS, default="tf",
                       help="tf: truncated normal std 0.1, bias 0.1 (original); torch: PyTorch default")
     mach.add_argument("--baseline", action="store_true",
                       help="also train the same chain end to end with backprop, no students")
     return parser
+
+
+if __name__ == "__main__":  # a bad flag is refused before the 2-3 s of `import torch` below
+    cli.check_flags(build_parser())
+import torch
+import torch.nn.functional as F
+from torch import nn
+from common.data import Batches, load_data
+from common.models import StackedMLP, make_optimizer, mlp
+from common.clocks import Clock, synchronize
+from common.evaluation import evaluate
+from common.run_folder import Run
 
 
 # ----------------------------------------------------------------------------- the idea
@@ -111,17 +117,37 @@ class SequentialMach(nn.Module):
         self.logits = StackedMLP(n_components, [embedding_size, num_classes],
                                  own_input=embedding_size, init=init)
 
+    def losses_one_by_one(self, x, y):
+        """The loss of the docstring, one component at a time, each running its own MLPs
+        (member=i: slice i of every stacked weight). The reference: training uses `losses`
+        below, the same numbers for all n at once; tests/test_sequential_mach.py checks
+        that they agree, values and gradients. Returns (CE_i for all i, distill_i for all i)."""
+        cross_entropies, distills = [], []
+        below = x.new_zeros(len(x), self.embedding_size)           # t_{-1} = 0: [B, E]
+        for i in range(self.n):
+            s = self.students(x, member=i)                         # s_i = S_i(x): [B, E]
+            t = self.teachers(x, s.detach(), member=i)             # t_i = T_i(concat(x, sg(s_i)))
+            logits = self.logits(z=t, member=i)                    # L_i t_i: [B, classes]
+            cross_entropies.append(F.cross_entropy(logits, y))     # CE(L_i t_i, y), batch mean
+            # 1/2 sum_{batch, units} (sg(t_{i-1}) - s_i)^2: the student chases the neighbour.
+            distills.append(0.5 * (below.detach() - s).pow(2).sum())
+            below = t                                              # what component i+1 distils
+        return torch.stack(cross_entropies), torch.stack(distills)
+
     def losses(self, x, y):
-        """(cross-entropy per teacher, distillation per student), each a tensor of n_components."""
+        """`losses_one_by_one` computed for all n components at once, the one training uses
+        (faster: each stack of n MLPs runs as one or two matmuls per layer)."""
         students = self.students(x)                                # s_i = S_i(x), all i: [n, B, E]
         # t_i = T_i(concat(x, sg(s_i))): the label loss stops at the student.
-        teachers = self.teachers(x, students.detach())
-        # student_i's target is sg(t_{i-1}), with t_{-1} = 0 for the first component.
-        below = torch.cat([torch.zeros_like(teachers[:1]), teachers[:-1].detach()])
-        # 1/2 sum (sg(t_{i-1}) - s_i)^2: the student chases the neighbour, never the reverse.
+        teachers = self.teachers(x, students.detach())             # [n, B, E]
+        # student_i's target is sg(t_{i-1}), with t_{-1} = 0: the teachers shifted down by one,
+        # below[0] = 0, below[i] = t_{i-1}.
+        below = torch.cat([torch.zeros_like(teachers[:1]), teachers[:-1].detach()])  # [n, B, E]
+        # 1/2 sum (sg(t_{i-1}) - s_i)^2, summed over batch and units: [n]
         distills = 0.5 * (below - students).pow(2).sum((1, 2))
-        logits = self.logits(z=teachers)                           # [n, B, classes]
-        # CE(L_i t_i, y) for each i: cross_entropy takes [n, classes, B] against [n, B].
+        logits = self.logits(z=teachers)                           # L_i t_i: [n, B, classes]
+        # CE(L_i t_i, y) for each i: cross_entropy wants the classes in dim 1, so logits as
+        # [n, classes, B] against labels [n, B] (y for every i); per example [n, B], mean over B.
         cross_entropies = F.cross_entropy(logits.transpose(1, 2), y.expand(self.n, -1),
                                           reduction="none").mean(1)
         return cross_entropies, distills
@@ -185,7 +211,7 @@ def train_step(model, optimizer, x, y):
 # ----------------------------------------------------------------------------- measuring
 
 @torch.inference_mode()
-def ms_per_batch(predictors, x, batch_size, device, repeats=5):
+def ms_per_batch(predictors, x, batch_size, device, still_working, repeats=5):
     """{name: mean milliseconds to answer one test batch of `batch_size`}, best of `repeats`
     passes over the test set; the predictors take turns each pass, so a machine whose speed
     drifts slows them alike."""
@@ -194,7 +220,8 @@ def ms_per_batch(predictors, x, batch_size, device, repeats=5):
     best = dict.fromkeys(predictors, float("inf"))
     for predict in predictors.values():
         predict(batches[0])  # warm-up: first-call allocations are not the steady state
-    for _ in range(repeats):
+    for repeat in range(repeats):
+        still_working(f"timing inference, pass {repeat + 1} of {repeats}")
         for name, predict in predictors.items():
             synchronize(device)
             began = time.perf_counter()
@@ -222,6 +249,8 @@ def main(argv=None):
     # curves can be compared in seconds of their own training (synchronised on CUDA).
     clocks = {"mach": Clock(device), "backprop": Clock(device)}
     with Run(args, "sequential_mach", device, total=args.iterations) as run:
+        if args.baseline:
+            run.clock_of = lambda name: "sec/backprop" if name.startswith("backprop") else "sec/mach"
         for step in run.steps():
             x, y = next(stream)
             with clocks["mach"]:
@@ -244,7 +273,8 @@ def main(argv=None):
                             accuracy[f"backprop_{i}"] = evaluate(
                                 lambda b: chain.logits_of(i, b), data.test_x, data.test_y)[1]
                 losses = {f"ce_{i}": v for i, v in enumerate(cross_entropies.tolist())}
-                losses.update({f"distill_{i}": v for i, v in enumerate(distills.tolist())})
+                # per example: the loss itself sums over the batch (TF's l2_loss)
+                losses.update({f"distill_{i}": v / len(x) for i, v in enumerate(distills.tolist())})
                 if args.baseline:
                     losses.update({f"backprop_ce_{i}": v for i, v in enumerate(chain_ce.tolist())})
                 seconds = {f"sec/{k}": round(c.seconds, 3) for k, c in clocks.items()}
@@ -252,7 +282,7 @@ def main(argv=None):
                         extra=seconds if args.baseline else None)
                 if args.baseline:
                     run.summary["seconds_per_model"] = {k: round(c.seconds, 2) for k, c in clocks.items()}
-                run.summary["distill_loss"] = {f"teacher_{i}": v for i, v in enumerate(distills.tolist())}
+                run.summary["distill_loss"] = {f"teacher_{i}": v / len(x) for i, v in enumerate(distills.tolist())}
                 run.summary["local_minus_chained"] = {
                     f"teacher_{i}": round(accuracy[f"teacher_{i}"] - accuracy[f"chained_{i}"], 5)
                     for i in range(1, n)}
@@ -263,12 +293,13 @@ def main(argv=None):
             for i in range(n):
                 ms = ms_per_batch({"alone": lambda b: model.local_logits(i, b),
                                    "chain": lambda b: model.chained_logits(i, b)},
-                                  data.test_x, args.batch_size, device)
+                                  data.test_x, args.batch_size, device, run.still_working)
                 alone, chained = ms["alone"], ms["chain"]
                 timing[f"teacher_{i}"] = {"alone": round(alone, 4), "chain": round(chained, 4)}
-                run.print(f"inference {args.batch_size}-example batch | component {i} alone "
-                          f"{alone:.3f} ms | chain 0..{i} {chained:.3f} ms | "
-                          f"ratio {chained / alone:.2f}")
+                # alone: teacher i on its own student; chain: the real components 0..i
+                run.print(f"inference, ms per {args.batch_size}-example batch | component {i} alone "
+                          f"{alone:.3f} | the chain 0..{i} it replaces {chained:.3f} | "
+                          f"chain / alone {chained / alone:.2f}")
             run.summary["inference_ms"] = timing
 
         # For the results tables: every accuracy, what the student costs and what it saves.
@@ -287,8 +318,7 @@ def main(argv=None):
             for model_name, clock in clocks.items():
                 run.declare_row(model_name, "own training seconds", round(clock.seconds, 2), "s")
             run.baseline = f"backprop_{n - 1}"
-            run.time_to_target([(f"teacher_{i}", f"backprop_{i}") for i in range(n)],
-                               lambda name: "sec/backprop" if name.startswith("backprop") else "sec/mach")
+            run.time_to_target([(f"teacher_{i}", f"backprop_{i}") for i in range(n)])
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ gradients; the layer applies g_i / batch), and M_i regresses onto what the layer
     target_L = dL/dh_L                               the true loss gradient at the top
     loss_M   = mean ||M_i(h_i) - target_i||^2
 
---task mnist: the paper's 3-layer nets (Linear, BatchNorm, ReLU); backprop, DNI and cDNI side
-by side, each on its own clock, logging cos(M_i(h_i), dL/dh_i) and |M_i(h_i)| / |dL/dh_i|.
-DNI's layers learn below its head's --lr (layer 1 x --first-lr-scale 1/30, the others x
---hidden-lr-scale 1/3; paper: 1): Adam moves each weight ~lr per step however wrong g_i is, and
-a module cannot follow a layer that moves faster than it learns. Layer 1, with 784 dense inputs,
-moves fastest: at 1, M_1's ReLUs die and layer 1 stops learning (measurements: README.md).
+--task mnist: the paper's 3-layer nets (Linear, BatchNorm, ReLU); backprop, DNI and cDNI side by
+side, each on its own clock, logging cos(M_i(h_i), dL/dh_i) and |M_i(h_i)| / |dL/dh_i|. DNI's layers
+learn below its head's --lr (layer 1 x --first-lr-scale 1/30, the others x --hidden-lr-scale 1/3;
+paper: 1), its modules at --sg-lr 1e-3 (paper: --lr): Adam moves each weight ~lr a step however
+wrong g_i is, and layer 1 (784 dense inputs) moves fastest; at 1, M_1's ReLUs die (README.md).
 --task lumpy: the reference's f: [-1, 1]^2 -> R; DNI, here or as the three processes (--async,
 over shared memory), races to backprop's final test MSE.
 
@@ -32,22 +31,12 @@ import copy
 import itertools
 import math
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from common import cli
-from common.data import Batches, load_data, lumpy_data, lumpy_function
-from common.models import make_optimizer, mlp
-from common.plots import plot_run, plot_series, plot_surfaces, series_by, series_columns
-from common.run_folder import Clock, Run, eval_mode, evaluate
-from common.shm_channel import Memory, Workers
 
 TASK_DEFAULTS = {"mnist": dict(iterations=16_000, batch_size=256, lr=3e-5, eval_every=500, sg_lr=1e-3,
-                               first_lr_scale=1 / 30, hidden_lr_scale=1 / 3),
+                               first_lr_scale=1 / 30, hidden_lr_scale=1 / 3, dataset="mnist"),
                  "lumpy": dict(iterations=15_000, batch_size=100, lr=3e-3, eval_every=500,
                                first_lr_scale=1, hidden_lr_scale=1)}
-CPU = torch.device("cpu")
 
 
 def build_parser():
@@ -64,9 +53,9 @@ def build_parser():
     add("--layers", type=pos, default=3, help="mnist: hidden layers")
     add("--width", type=pos, default=256, help="mnist: units per hidden layer")
     add("--sg-hidden", type=pos, default=256, help="mnist: units of the DNI module's 2 hidden layers")
-    add("--sg-lr", type=num, help="learning rate of the gradient modules (mnist 1e-3; lumpy --lr)")
-    add("--first-lr-scale", type=num, help="mnist: DNI's layer 1 learns at --lr x this (1/30; paper: 1)")
-    add("--hidden-lr-scale", type=num, help="mnist: DNI's other layers learn at --lr x this (1/3; paper: 1)")
+    add("--sg-lr", type=num, help="modules' learning rate, not --lr (mnist 1e-3; lumpy --lr; paper: = --lr)")
+    add("--first-lr-scale", type=num, help="mnist: DNI's layer 1: --lr x this (1/30; paper: 1); modules: --sg-lr")
+    add("--hidden-lr-scale", type=num, help="mnist: DNI's other layers: --lr x this (1/3; paper: 1); modules: --sg-lr")
     add("--optimizer", choices=("adam", "sgd"), default="adam", help="lumpy: optimizer of every part")
     add("--async", dest="run_async", action="store_true", help="lumpy: run DNI as three processes")
     add("--oracle-memory", type=pos, default=20_000, help="lumpy: latest true gradients the oracle trains on")
@@ -78,7 +67,7 @@ def build_parser():
 
 
 def validate(args):
-    """How the flags combine: checked before anything is loaded or written."""
+    """How the flags combine, checked before anything is loaded or written; then the task's defaults."""
     lumpy, refuse = args.task == "lumpy", cli.UserError
     if lumpy and args.method == "cdni":
         raise refuse("--method cdni: the lumpy task has no label to condition on; use dni, backprop or all")
@@ -92,17 +81,24 @@ def validate(args):
         raise refuse("--async: only the lumpy task runs as three processes; add --task lumpy")
     if args.run_async and args.method == "backprop":
         raise refuse("--async --method backprop: backprop has nothing to decouple; use --method dni or all")
+    vars(args).update({k: v for k, v in TASK_DEFAULTS[args.task].items() if getattr(args, k) is None})
 
 
-# ----------------------------------------------------------------------------- networks
-def mnist_net(input_size, width, layers, num_classes):
-    """Hidden blocks (Linear, BatchNorm, ReLU) and the output layer, kept apart."""
-    sizes = [input_size] + [width] * layers
-    blocks = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU())
-                           for a, b in zip(sizes[:-1], sizes[1:]))
-    return blocks, nn.Linear(width, num_classes)
+if __name__ == "__main__":  # a bad flag is refused before the 2-3 s of `import torch` below
+    cli.check_flags(build_parser(), validate)
+import torch
+import torch.nn.functional as F
+from torch import nn
+from common.data import Batches, load_data, lumpy_data, lumpy_function
+from common.models import make_optimizer, mlp, mlp_blocks_and_head
+from common.plots import plot_run, plot_series, plot_surfaces, series_by, series_columns
+from common.clocks import Clock
+from common.evaluation import eval_mode, evaluate
+from common.run_folder import Run
+from common.shm_channel import Memory, Workers
 
 
+# ----------------------------------------------------------------------------- networks (MNIST's: common.models)
 def lumpy_nets(seed):
     """The reference's split (input process: layer 1, output process: layers 2-3) and its oracle."""
     torch.manual_seed(seed)
@@ -139,9 +135,8 @@ def backprop_step(net, loss_fn, optimizer, x, y):
 
 
 def dni_step(blocks, head, loss_fn, optimizers, x, y, synthetic, synth_optimizer=None):
-    """One DNI step: layer i updates as soon as its own forward is done, from synthetic(i, h_i, y),
-    a per-example dL/dh_i; then (with synth_optimizer) the modules regress onto the gradients sent
-    back. optimizers: one per block and one for the head. Returns (loss, synthetic-gradient loss)."""
+    """Layer i updates once its own forward is done, from synthetic(i, h_i, y) (a per-example dL/dh_i;
+    optimizers: one per block, one for the head); then the modules regress onto the gradients sent back."""
     batch, predictions, targets, h_below = len(x), [], [], x
     for i, block in enumerate(blocks):
         h_below = h_below.detach().requires_grad_(i > 0)   # nothing flows further down
@@ -222,7 +217,7 @@ def run_mnist(args, device, methods):
     learners = []
     for method in methods:
         torch.manual_seed(args.seed)  # every method starts from the same weights
-        blocks, head = mnist_net(data.input_size, args.width, args.layers, data.num_classes)
+        blocks, head = mlp_blocks_and_head(data.input_size, args.width, args.layers, data.num_classes)
         classes, hidden = (data.num_classes, []) if method == "cdni" else (0, [args.sg_hidden] * 2)
         synth = None if method == "backprop" else nn.ModuleList(   # cDNI's M: one linear map
             SyntheticGradient(args.width, hidden, num_classes=classes) for _ in blocks)
@@ -230,11 +225,11 @@ def run_mnist(args, device, methods):
     batches = Batches(data.train_x, data.train_y, args.batch_size, args.seed)
     with Run(args, "synthgrad_demo", device, total=args.iterations) as run:
         def draw(folder):   # --plot: the accuracy curves, and how good each module's gradient is
-            plot_run(folder, f"synthgrad_demo on {args.dataset}, seed {args.seed}")
+            plot_run(folder, f"synthgrad_demo on {args.dataset}, seed {args.seed}", run.summary["clock_columns"])
             for stat, what in (("cos", "cosine with the true gradient"), ("ratio", "|synthetic| / |true|")):
                 plot_series(folder / f"gradient_{stat}.png", series_columns(run.rows, "iteration", f"{stat}/"),
                             "iteration", f"{what}, per module (dni/h1 = M_1)")
-        run.draw = draw
+        run.draw, run.clock_of = draw, lambda method: f"sec/{method}"
         for step, (x, y) in zip(run.steps(), batches):   # the same batch for every method
             losses, extra = {}, {}
             for learner in learners:
@@ -250,7 +245,7 @@ def run_mnist(args, device, methods):
                             quality = gradient_quality(l.blocks, l.head, F.cross_entropy, l.synth, x, y)
                             extra.update({f"{k}/{l.method}/h{i + 1}": round(v, 3)
                                           for i, layer in enumerate(quality) for k, v in layer.items()})
-                run.log(step, batches.epoch, accuracy=accuracy, losses=losses, extra=extra)
+                run.log(step, batches.epoch, accuracy=accuracy, losses=losses, quiet=extra)
                 run.summary["seconds_per_method"] = {l.method: round(l.clock.seconds, 2) for l in learners}
 
         # For the results table: each method against the paper's, and on its own clock.
@@ -259,7 +254,7 @@ def run_mnist(args, device, methods):
             run.declare_row(name, "test accuracy", round(100 * value, 4), "%",
                             f"{paper[name]} % on MNIST, 3-layer FCN (Jaderberg et al. 2016)", headline=True)
             run.declare_row(name, "own training seconds", run.summary["seconds_per_method"][name], "s")
-        run.time_to_target([("dni", "backprop"), ("cdni", "backprop")], lambda m: f"sec/{m}")
+        run.time_to_target([("dni", "backprop"), ("cdni", "backprop")])
 
 
 # ----------------------------------------------------------------------------- task 2: the lumpy function
@@ -274,7 +269,7 @@ def measure(blocks, head, data, histories, method, seconds):
 def run_lumpy_sync(args, run, method, data, histories, budget=None, target=None):
     """Backprop (for --iterations) or DNI (until the target MSE, or out of budget: seconds None) here."""
     blocks, head, oracle = lumpy_nets(args.seed)
-    learner = Learner(method, blocks, head, nn.ModuleList([oracle]), F.mse_loss, args.optimizer, args, CPU)
+    learner = Learner(method, blocks, head, nn.ModuleList([oracle]), F.mse_loss, args.optimizer, args, run.device)
     for step, (x, y) in enumerate(Batches(*data[:2], args.batch_size, args.seed), 1):   # until a return
         loss = learner.step(x, y)[method]
         if step % args.eval_every == 0:
@@ -365,7 +360,7 @@ def run_lumpy_async(args, run, method, data, histories, budget, target):
 
 def run_lumpy(args, methods):
     data = lumpy_data(args.seed)
-    with Run(args, "synthgrad_demo", CPU, total=None) as run:
+    with Run(args, "synthgrad_demo", torch.device("cpu"), total=None) as run:
         run.summary["dataset"] = "lumpy"
         histories = {}   # {method: [(seconds, a copy of the net), ...]}, one per measurement
 
@@ -395,14 +390,10 @@ def run_lumpy(args, methods):
 
 def main(argv=None):
     args, device = cli.setup(build_parser(), "synthgrad_demo", argv, validate=validate)
-    vars(args).update({k: v for k, v in TASK_DEFAULTS[args.task].items() if getattr(args, k) is None})
     args.sg_lr = args.sg_lr or args.lr   # lumpy: the oracle learns at --lr unless told otherwise
     methods = ["backprop", "dni", "cdni"] if args.method == "all" else [args.method]
-    if args.task == "mnist":
-        args.dataset = args.dataset or "mnist"
-        run_mnist(args, device, methods)
-    else:
-        run_lumpy(args, methods)   # always on the CPU, and its Run records so, whatever --device says
+    # the lumpy task: always on the CPU, and its Run records so, whatever --device says
+    run_lumpy(args, methods) if args.task == "lumpy" else run_mnist(args, device, methods)
 
 
 if __name__ == "__main__":

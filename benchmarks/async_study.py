@@ -11,8 +11,14 @@ Three ways to train the same components (async_mach.Component) over the same lin
            top's logits; CE of the top, backprop through all. Machine k runs stage k, so
            a step costs every stage's forward and backward, one after another, plus
            2 (K - 1) hops of latency, plus the slowest machine's Adam step (in parallel).
-Each is priced by the same --machine (measured once here, then fixed: every cell is
-deterministic) and stopped once every component reaches --target (or after --steps).
+Every cell is priced by the same --machine, passed explicitly (so each is deterministic
+and its command complete): by default async_mach's own defaults, 83.46 GFLOPS, 8.466
+Gelem/s, 6.41 us per op (common/runtime_flags.DEFAULT_MACHINE: this study measured them,
+one thread, on its VM); --machine-speed sets others, or `measure` probes this machine
+(one thread). The JSON records them ("machine") and never mixes cells priced otherwise.
+The calibration's `matched` cells keep these prices and add --speeds, the processes'
+training step rate / the virtual one's: they are priced at the speed the processes ran.
+Each cell stops once every component reaches --target (or after --steps).
 Time to target: virtual seconds until the top component (K-1), and the slowest
 one, first reach --target on the whole test set, evaluated every --eval-every steps.
 
@@ -94,7 +100,7 @@ def run_chain(args, name, K, latency_ms, speeds=None, steps=None, seconds=None):
     import async_mach as am
     from common.data import Batches, load_data
     from common.models import make_optimizer
-    from common.run_folder import evaluate
+    from common.evaluation import evaluate
     from common.virtual_time import VirtualClock
     torch.set_num_threads(1)
     began, data = time.perf_counter(), load_data(args.dataset, args.data_dir, torch.device("cpu"), flat=True)
@@ -347,6 +353,23 @@ def plot(results, assets):
     results["figures"] = ["assets/async_study_latency.png", "assets/async_study_components.png"]
 
 
+def prices(spec, recorded, path):
+    """The cells' --machine: the defaults, `measure` (one thread) or the three given; never
+    other than the `recorded` prices of the cells already in the JSON."""
+    import torch
+    from common.runtime_flags import DEFAULT_MACHINE
+    from common.virtual_time import measure_machine
+    torch.set_num_threads(1)  # as the cells run (--threads 1)
+    if spec not in (None, ["measure"]) and (len(spec) != 3 or "measure" in spec):
+        raise cli.UserError("--machine-speed: give three prices, GFLOPS GELEMENTS OP_US, or `measure`")
+    machine = (list(DEFAULT_MACHINE.values()) if spec is None
+               else list(measure_machine(50).values()) if spec == ["measure"] else spec)
+    if recorded and list(recorded.values()) != machine:
+        raise cli.UserError(f"{path}'s cells were priced at --machine {' '.join(map(str, recorded.values()))}, "
+                            f"not {' '.join(map(str, machine))}: pass --machine-speed with those, or --fresh")
+    return machine
+
+
 def main(argv=None):
     parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", nargs="+", choices=SLICES, default=list(SLICES))
@@ -366,8 +389,10 @@ def main(argv=None):
     parser.add_argument("--straggler-seconds", type=cli.positive_float, default=20)
     parser.add_argument("--wall-steps", type=cli.positive_int, default=300)
     parser.add_argument("--calibration-steps", type=cli.positive_int, default=600)
-    parser.add_argument("--machine-speed", type=cli.positive_float, nargs=3, default=None,
-                        metavar=("GFLOPS", "GELEMENTS", "OP_US"), help="default: measured here, one thread")
+    parser.add_argument("--machine-speed", nargs="+", default=None, metavar="PRICE",
+                        type=lambda text: text if text == "measure" else cli.positive_float(text),
+                        help="GFLOPS GELEMENTS OP_US of every cell, or `measure`: this machine's, one "
+                             "thread (default: async_mach's, common/runtime_flags.DEFAULT_MACHINE)")
     parser.add_argument("--jobs", type=cli.positive_int, default=2, help="virtual cells run at once")
     parser.add_argument("--out", default="runs/async_study")
     parser.add_argument("--json", default=str(ROOT / "results" / "benchmarks" / "async_study.json"))
@@ -378,14 +403,9 @@ def main(argv=None):
         args.components = [2, 4, 8, 16, 32]
         args.child_components = args.kgraph_components = args.chain_components = args.components
     path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
     results = {} if args.fresh or not path.exists() else json.loads(path.read_text())
-    if not args.machine_speed:
-        import torch
-        from common.virtual_time import measure_machine
-        torch.set_num_threads(1)
-        measured = results.get("machine") or measure_machine(50)
-        args.machine_speed = [measured["gflops"], measured["gelements"], measured["op_us"]]
+    args.machine_speed = prices(args.machine_speed, results.get("machine") if results.get("cells") else None, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     from benchmarks.async_efficiency import machine
     results.update(benchmark="async_study", **machine(), target=args.target, seed=args.seed,
                    machine=dict(zip(("gflops", "gelements", "op_us"), args.machine_speed)),
@@ -399,4 +419,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_script(main)

@@ -1,12 +1,20 @@
 """Write README.md's generated blocks (<!-- X:begin --> ... <!-- X:end -->, X = headline and
-results:<script>), benchmarks/README.md's (X = benchmarks) and results/README.md from what each
-run and benchmark declared, and copy the runs' figures into assets/. No number is typed by
-hand; no script or benchmark is known here by name. Reads results/<script>/<run>/{summary,
-config}.json (grouped by command, --seed and --out left out), results/benchmarks/<name>.json
-and each <script>.py's docstring (its idea).    python benchmarks/make_results.py [--help]
+results:<script>), benchmarks/README.md's (X = benchmarks) and results/README.md from what
+each run and benchmark declared, and copy the runs' figures into assets/. No number is typed
+by hand. Reads results/<script>/<run>/{summary,config}.json and
+metrics.csv (grouped by command, --seed and --out left out) and results/benchmarks/<name>.json;
+the headline is the race's (benchmarks/race.py): every method against its network's tuned
+backprop. No script is known here by name.    python benchmarks/make_results.py [--help]
+
+A time to target is read where the test accuracy first reached it, so it is only as fine as
+the evaluations around it: a ratio is shown only where, on every seed, each side's evaluation
+before the crossing was at most GRID (5 %) of its seconds earlier. Elsewhere the README's
+first table shows the range that grid allows, and a script's block leaves the pair out.
 """
-import ast
+import csv
+import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -20,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from common import cli  # noqa: E402
 
 DIGITS = {"%": 2, "points": 2, "x": 2, "s": 1, "ms": 2, "": 4}
+GRID = 0.05  # the evaluations around a crossing at most 5 % of its seconds apart
 SUFFIX = {"%": " %", "points": " points", "x": "x", "s": " s", "ms": " ms"}
 
 
@@ -85,7 +94,8 @@ def merged_rows(group):
 
 
 def facts(group):
-    """Seeds (and any ending other than completed), mean train and wall seconds, hardware."""
+    """Seeds (and any ending other than completed), mean train (every method's clock together)
+    and wall seconds, hardware."""
     runs = group["runs"]
     statuses = sorted({run["status"] for run in runs} - {"completed"})
     return {"seeds": ", ".join(str(run["seed"]) for run in runs) + (f" ({', '.join(statuses)})" if statuses else ""),
@@ -94,20 +104,67 @@ def facts(group):
             "hardware": "; ".join(sorted({run["hardware"] for run in runs}))}
 
 
+def number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def logged(folder):
+    """A run folder's metrics.csv rows (none if it has no such file)."""
+    path = Path(folder, "metrics.csv")
+    if not path.exists():
+        return ()
+    with open(path, newline="") as f:
+        return tuple(csv.DictReader(f))
+
+
+def spacing(run, name, target, seconds):
+    """How long before `name`'s first evaluation at or above `target` (read at `seconds` of its
+    clock) its previous evaluation was (the clock's reading, for the first one); None where the
+    run's metrics.csv cannot say. The clock is the one summary.json names (clock_columns), else
+    the seconds column that reads `seconds` there."""
+    rows = [r for r in logged(str(run["folder"])) if number(r.get(f"acc/{name}")) is not None]
+    hit = next((i for i, r in enumerate(rows) if number(r[f"acc/{name}"]) >= target), None)
+    if hit is None:
+        return None
+    clocks = [(run.get("clock_columns") or {}).get(name)] + [
+        column for column in rows[hit] if column and (column.endswith("seconds") or column.startswith("sec/"))]
+    clock = next((c for c in clocks if c and number(rows[hit].get(c)) is not None
+                  and abs(number(rows[hit][c]) - seconds) < 1e-3), None)
+    before = 0.0 if hit == 0 or clock is None else number(rows[hit - 1].get(clock))
+    return None if clock is None or before is None else seconds - before
+
+
+def coarseness(gaps_and_seconds):
+    """The largest gap ÷ seconds of (gap, seconds) crossings; infinite if a gap is unknown."""
+    return max((math.inf if gap is None else gap / seconds for gap, seconds in gaps_and_seconds if seconds),
+               default=0.0)
+
+
 def time_to_target(group):
-    """(fraction, [{method, baseline, seconds, baseline_seconds, ratios, n}]) over the n seeds;
-    a seed that never reached the target adds no seconds and no ratio."""
+    """(fraction, [{method, baseline, seconds, baseline_seconds, ratios, n, coarse}]) over the
+    n seeds; a seed that never reached the target adds no seconds and no ratio. `coarse`: the
+    largest spacing of the evaluations at a crossing ÷ its seconds, over seeds and both sides."""
     fraction, seen = None, defaultdict(list)
     for run in group["runs"]:
         record = run.get("time_to_target") or {}
         fraction = record.get("fraction", fraction)
         for pair in record.get("pairs", []):
-            seen[pair["method"], pair["baseline"]].append((pair["seconds"], pair["baseline_seconds"]))
-    return fraction, [{"method": method, "baseline": baseline, "n": len(times),
-                       "seconds": [mine for mine, _ in times if mine is not None],
-                       "baseline_seconds": [theirs for _, theirs in times if theirs is not None],
-                       "ratios": [mine / theirs for mine, theirs in times if mine is not None and theirs]}
-                      for (method, baseline), times in seen.items()]
+            seen[pair["method"], pair["baseline"]].append((run, pair))
+    pairs = []
+    for (method, baseline), found in seen.items():
+        times = [(pair["seconds"], pair["baseline_seconds"]) for _, pair in found]
+        gaps = [(spacing(run, name, pair["target"], seconds), seconds) for run, pair in found
+                for name, seconds in ((method, pair["seconds"]), (baseline, pair["baseline_seconds"]))
+                if seconds is not None]
+        pairs.append({"method": method, "baseline": baseline, "n": len(times), "coarse": coarseness(gaps),
+                      "seconds": [mine for mine, _ in times if mine is not None],
+                      "baseline_seconds": [theirs for _, theirs in times if theirs is not None],
+                      "ratios": [mine / theirs for mine, theirs in times if mine is not None and theirs]})
+    return fraction, pairs
 
 
 def headline_pairs(group):
@@ -116,67 +173,169 @@ def headline_pairs(group):
     return fraction, [pair for pair in pairs if pair["method"] in named]
 
 
-def idea(script, scripts):
-    """The first paragraph of <script>.py's docstring, after "<script>.py: "."""
-    path = Path(scripts) / f"{script}.py"
-    doc = ast.get_docstring(ast.parse(path.read_text())) if path.exists() else None
-    return " ".join((doc or "").split("\n\n")[0].split()).removeprefix(f"{script}.py:").strip()
+def left_out(pairs):
+    """The sentence naming the pairs whose evaluations were too far apart to time them."""
+    coarse = [p for p in pairs if p["coarse"] > GRID]
+    if not coarse:
+        return ""
+    worst = max(p["coarse"] for p in coarse)
+    how = "not logged" if math.isinf(worst) else f"up to {100 * worst:.0f} % of the seconds to the target"
+    return ("Times to target left out, the evaluations around them too far apart for a ratio (" + how +
+            ", more than 5 %): " + ", ".join(f"{p['method']} vs {p['baseline']}" for p in coarse) + ".")
 
 
-def headline_block(groups, scripts):
-    """A row per script: its main group's headline rows beside the baseline's, and the time to
-    target of every group's pairs whose method is a headline row there."""
-    rows, fractions = [], set()
-    for script, script_groups in groups.items():
-        group = main_group(script_groups)
-        merged, baseline = merged_rows(group), group["runs"][0]["results"]["baseline"]
-        metrics = {row["metric"] for row in merged if row["headline"]}
-        results = [f"{row['name']}{' (baseline)' if row['name'] == baseline else ''} {row['metric']} "
-                   f"{row['text']}" for row in merged
-                   if row["headline"] or (row["name"] == baseline and row["metric"] in metrics)]
-        times = []
-        for other in [group, *(g for g in script_groups if g is not group)]:  # main first; others may hold pairs too
-            fraction, pairs = headline_pairs(other)
-            fractions |= {fraction} if pairs else set()
-            times += [f"{p['method']}: " + (f"{fmt(p['ratios'], 'x')}{of(p['ratios'], p['n'])} {p['baseline']}'s"
-                                            if p["ratios"] else f"not reached{of(p['seconds'], p['n'])}") for p in pairs]
-        about = facts(group)
-        rows.append([f"[`{script}.py`](#{script}py)", idea(script, scripts),
-                     "<br>".join(results) or "-", f"{about['train']} s", about["seeds"],
-                     about["hardware"], "<br>".join(times) or "-"])
-    header = ["script", "idea", "headline result (mean ± std over seeds)", "training time", "seeds",
-              "hardware", "time to target ÷ the baseline's"]
-    if not fractions:
-        return table(header[:-1], [row[:-1] for row in rows])
-    return table(header, rows) + [
-        "", f"Time to target: training seconds until a method's test accuracy first reaches {percent(fractions)} "
-        "of its baseline's final accuracy, divided by the baseline's seconds to the same accuracy, in the same run."]
+# ============================================================================ the first table
+def race_cell(data, network, method, factor, seed):
+    """The race's run that trained `method` at `factor` (as written, x<factor>) on `seed`."""
+    return next((c for c in data.get("cells", {}).values() if c["network"] == network and c["seed"] == seed
+                 and method in c["methods"] and f"{c['factor']:g}" == factor), None)
 
 
-def group_table(group):
-    """The command, its seeds and seconds, then a row per declared name: a column per metric,
-    its seconds to target and ratio where measured, and the original's figure where given."""
-    about, (_, pairs), merged = facts(group), time_to_target(group), merged_rows(group)
+def curve_spacing(cell, method, seconds):
+    """How long before the curve point at `seconds` (its crossing) the previous point was."""
+    times = [t for t, _ in cell["methods"][method]["curve"]] if cell else []
+    hit = next((i for i, t in enumerate(times) if abs(t - seconds) < 1e-3), None)
+    return None if hit is None else seconds - (times[hit - 1] if hit else 0.0)
+
+
+def race_ratio(data, row, baseline, base_factor):
+    """The mean over seeds of the row's seconds ÷ the tuned backprop's; where a side's evaluations
+    around a crossing were more than GRID of its seconds apart, the range that grid allows."""
+    if row["method"] == baseline:
+        return "baseline"
+    mine, theirs = row["seconds"], row["backprop_seconds"]
+    if not mine or None in mine or None in theirs:
+        return "-"
+    factor = re.search(r"\(x(\S+) of the original\)", row["config"])
+    gaps = [(curve_spacing(race_cell(data, row["network"], row["method"], factor and factor[1], seed),
+                           row["method"], s),
+             curve_spacing(race_cell(data, row["network"], baseline, base_factor, seed), baseline, b))
+            for seed, s, b in zip(row["seeds"], mine, theirs)]
+    ratio = statistics.fmean(s / b for s, b in zip(mine, theirs))
+    if any(g is None for pair in gaps for g in pair):
+        return f"{ratio:.2f}x (grid not logged)"
+    if coarseness([(g, s) for (g, _), s in zip(gaps, mine)] + [(g, b) for (_, g), b in zip(gaps, theirs)]) <= GRID:
+        return f"{ratio:.2f}x"
+    low = statistics.fmean((s - gm) / b for (gm, _), s, b in zip(gaps, mine, theirs))
+    high = statistics.fmean(s / (b - gb) if b > gb else math.inf for (_, gb), s, b in zip(gaps, mine, theirs))
+    return f"{low:.2f}-{high:.2f}x"
+
+
+def tuned_lr(config):
+    """'lr 0.003 (x3 of the original), constant' -> '0.003 (x3)'."""
+    found = re.match(r"lr (\S+) \(x(\S+) of the original\)", config)
+    return f"{found[1]} (x{float(found[2]):.3g})" if found else config
+
+
+def reached(seconds, within):
+    """Mean ± std seconds to a target over the seeds, or how many seeds reached it."""
+    got = [s for s in seconds if s is not None]
+    if not got:
+        return f"not reached within {within}"
+    return fmt(got, "s") + (f" (reached on {len(got)} of {len(seconds)} seeds)" if len(got) < len(seconds) else "")
+
+
+def headline_block(results, readme_dir, bench_readme):
+    """The README's first table, from the race: a row per method at its tuned configuration
+    (seconds to each target, ratios to its network's tuned backprop, final accuracy), grouped by
+    network; one table per set of targets."""
+    path = Path(results, "benchmarks", "race.json")
+    if not path.exists():
+        return ["(no race yet: python benchmarks/race.py)"]
+    data = json.loads(path.read_text())
+    rows = [row for row in data.get("results", []) if row["tuned"]]
+    tables = defaultdict(list)  # targets: rows of the table
+    for network, settings in data["networks"].items():
+        mine = [row for row in rows if row["network"] == network]
+        if not mine:
+            continue
+        targets = tuple(settings["targets"])
+        baseline, base_factor = mine[0]["backprop"].rsplit(" x", 1)
+        by_method = defaultdict(dict)
+        for row in mine:
+            by_method[row["method"]][row["target"]] = row
+        scripts = ", ".join(f"`{s}`" for s in dict.fromkeys(c[0] for c in settings["commands"].values()))
+        for i, (method, found) in enumerate(by_method.items()):
+            first = next(iter(found.values()))
+            tables[targets].append([
+                f"**{network}** ({scripts}, runs of {first['within']})" if i == 0 else "", method,
+                tuned_lr(first["config"]),
+                *(reached(found[t]["seconds"], found[t]["within"]) if t in found else "-" for t in targets),
+                *(race_ratio(data, found[t], baseline, base_factor) if t in found else "-" for t in targets),
+                fmt([100 * a for a in first["final"]], "%"), ", ".join(map(str, first["seeds"]))])
+    lines = []
+    for targets, table_rows in tables.items():
+        lines += table(["network", "method", "tuned lr", *(f"s to {100 * t:g} %" for t in targets),
+                        *(f"÷ its tuned backprop's, {100 * t:g} %" for t in targets), "final accuracy", "seeds"],
+                       table_rows) + [""]
+    home = Path(results).resolve().parent  # the race writes its figures' paths from here
+    figures = ", ".join(f"[{Path(f).stem}]({Path(os.path.relpath(home / f, readme_dir)).as_posix()})"
+                        for f in data.get("figures", []))
+    bench = Path(os.path.relpath(bench_readme, readme_dir)).as_posix()
+    return lines + [
+        "Seconds: training seconds (evaluation excluded) until the test accuracy first reached the target, each "
+        "method on its own clock, mean ± std over the seeds. Ratio: the mean over seeds of those seconds ÷ "
+        "those of the network's tuned backprop (the row marked baseline) on the same seed; where the evaluations "
+        f"around a crossing were more than {100 * GRID:g} % of its seconds apart, the range they allow. Every "
+        "method, backprop included, took "
+        f"the best learning rate of its network's grid on seed 0. {data.get('dataset', 'dataset not recorded')}, "
+        f"{data.get('hardware', 'hardware not recorded')}, torch {data.get('torch', 'not recorded')}"
+        + (f"; curves: {figures}" if figures else "") + f". The original configurations and the speed-corrected "
+        f"ratios: [{bench}]({bench}#the-race). Reproduce: `python benchmarks/race.py --plot` (it resumes from "
+        "`results/benchmarks/race.json`)."]
+
+
+def pair_text(p, fraction):
+    """One pair's time to target in a sentence, the baseline named; or why it is left out."""
+    if p["coarse"] > GRID:
+        return f"{p['method']} vs {p['baseline']}: time to target left out (evaluations too far apart)"
+    return (f"{p['method']} vs {p['baseline']}, s to {percent({fraction})} of {p['baseline']}'s final: "
+            + " vs ".join(fmt(p[k], "s", "not reached") for k in ("seconds", "baseline_seconds"))
+            + (f" = {fmt(p['ratios'], 'x')} {p['baseline']}'s" if p["ratios"] else ""))
+
+
+def title(group):
+    """The line above a group's table: original settings (the defaults) or the command, its
+    seeds and seconds, and whether it times a baseline."""
+    about = facts(group)
+    what = "Original settings (the defaults), " if group["label"] == "defaults" else ""
+    alone = "" if time_to_target(group)[1] else "; this command times no baseline"
+    return (f"{what}`{group['command']}`: seeds {about['seeds']}, {about['train']} s training in all, "
+            f"{about['wall']} s wall (mean){alone}")
+
+
+def group_table(group, say_left_out=True):
+    """The command, its seeds and seconds, then a row per declared name (a column per metric,
+    and the original's figure where given), then a row per time-to-target pair whose
+    evaluations were fine enough to time it, each ratio with its baseline named."""
+    (fraction, pairs), merged = time_to_target(group), merged_rows(group)
     cells = defaultdict(dict)
     for row in merged:
         cells[row["name"]][row["metric"]] = row["text"]
         if "reference" in row:
             cells[row["name"]]["original / paper"] = row["reference"]
-    for p in pairs:  # the baseline's own time, and each method's with its ratio
-        cells[p["baseline"]].setdefault("s to target", fmt(p["baseline_seconds"], "s"))
-        cells[p["method"]]["s to target"] = fmt(p["seconds"], "s", "not reached") + of(p["seconds"], p["n"])
-        cells[p["method"]]["÷ baseline's"] = fmt(p["ratios"], "x")
-    columns = list(dict.fromkeys(row["metric"] for row in merged)) + [  # then those filled above
-        c for c in ("s to target", "÷ baseline's", "original / paper") if any(c in row for row in cells.values())]
-    return [f"`{group['command']}`: seeds {about['seeds']}, {about['train']} s training, {about['wall']} s wall (mean)",
-            "", *table(["", *columns], [[name, *(row.get(c, "") for c in columns)] for name, row in cells.items()]), ""]
+    columns = list(dict.fromkeys(row["metric"] for row in merged)) + (
+        ["original / paper"] if any("original / paper" in row for row in cells.values()) else [])
+    if len(columns) == 1:  # one figure per name: a row of them, not a column
+        shown = table(["", *cells], [[columns[0], *(row.get(columns[0], "") for row in cells.values())]])
+    else:
+        shown = table(["", *columns], [[name, *(row.get(c, "") for c in columns)] for name, row in cells.items()])
+    lines = [title(group), "", *shown, ""]
+    timed = [p for p in pairs if p["coarse"] <= GRID]
+    if timed:
+        lines += [*table([f"time to {percent({fraction})} of the baseline's final accuracy", "method's seconds",
+                          "baseline's seconds", "÷ baseline's"],
+                         [[f"{p['method']} vs {p['baseline']}", fmt(p["seconds"], "s", "not reached")
+                           + of(p["seconds"], p["n"]), fmt(p["baseline_seconds"], "s"),
+                           f"{fmt(p['ratios'], 'x')} {p['baseline']}'s" if p["ratios"] else "-"] for p in timed]), ""]
+    return lines + ([left_out(pairs), ""] if left_out(pairs) and say_left_out else [])
 
 
 def hardware(groups, shown):
-    """The closing line: what ± means, what *s to target* means if the shown groups have it, the hardware."""
-    fractions = {fraction for fraction, pairs in map(time_to_target, shown) if pairs}
-    target = (f" *s to target*: training seconds until the test accuracy first reached {percent(fractions)} "
-              "of the baseline's final accuracy, on each one's own clock." if fractions else "")
+    """The closing line: what ± means, what a time to target is if the shown groups time one, the hardware."""
+    timed = any(p["coarse"] <= GRID for _, pairs in map(time_to_target, shown) for p in pairs)
+    target = (" Times to target: training seconds until the test accuracy first reached the target, "
+              "each method on its own clock." if timed else "")
     return f"Mean ± std over the seeds.{target} Hardware: {'; '.join(sorted({facts(g)['hardware'] for g in groups}))}."
 
 
@@ -189,25 +348,24 @@ def figures(script, groups, assets):
 
 
 def script_block(script, groups, found, readme_dir, every):
-    """The main group's table, the other groups' time to target, the hardware, a link to the
-    file `every` (every group's table) and the main group's first figure among `found`."""
+    """The main group's table; a row per other command with its headline rows and times to
+    target (never two commands in a row); the hardware, a link to the file `every` (every
+    group's table) and the main group's first figure among `found`."""
     main, link = main_group(groups), lambda path: Path(os.path.relpath(path, readme_dir)).as_posix()
-    lines, elsewhere, fractions = group_table(main), [], set()
+    lines, elsewhere = group_table(main, say_left_out=False), []
     for group in (g for g in groups if g is not main):  # their headline rows and times to target
         fraction, pairs = headline_pairs(group)
-        fractions |= {fraction} if pairs else set()
-        picked = [[row["name"], row["metric"], row["text"]] for row in merged_rows(group) if row["headline"]]
-        picked += [[f"{p['method']} vs {p['baseline']}", f"s to {percent({fraction})} of {p['baseline']}'s final",
-                   " vs ".join(fmt(p[k], "s", "not reached") for k in ("seconds", "baseline_seconds"))
-                   + (f" = {fmt(p['ratios'], 'x')}" if p["ratios"] else "")] for p in pairs]
-        elsewhere += [[f"`{group['command']}`" if i == 0 else "", *row] for i, row in enumerate(picked)]
+        picked = [f"{row['name']} {row['metric']} {row['text']}" for row in merged_rows(group) if row["headline"]]
+        picked += [pair_text(p, fraction) for p in pairs]
+        if picked:
+            elsewhere.append([f"`{group['command']}`", facts(group)["seeds"], "<br>".join(picked)])
     if elsewhere:
-        lines += ["The other commands' headline figures:", "",
-                  *table(["command", "", "", "mean ± std"], elsewhere), ""]
-    lines.append(hardware(groups, [main]) + (f" Every command's table: [{link(every)}]({link(every)}#{script})."
-                                     if len(groups) > 1 else ""))
+        lines += [*table(["other command", "seeds", "its headline figures (mean ± std over its seeds)"],
+                         elsewhere), ""]
+    lines.append(" ".join(filter(None, [left_out(time_to_target(main)[1]), hardware(groups, [main])]))
+                 + (f" Every command's table: [{link(every)}]({link(every)}#{script})." if len(groups) > 1 else ""))
     shown = next(((name, copy) for group, name, _, copy in found if group is main), None)
-    return lines + (["", f"![{script} {main['label']}: {shown[0]}]({link(shown[1])})"] if shown else [])
+    return lines + ([f"![{script} {main['label']}: {shown[0]}]({link(shown[1])})"] if shown else [])
 
 
 def every_block(groups):
@@ -241,16 +399,14 @@ def goal_rows(found):
             for path, data in found for goal in data.get("targets", [])]
 
 
-def benchmark_tables(path, data, titles=None):
-    """One benchmark's tables, as it declared them (or every figure it wrote); only `titles`."""
-    where = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path.name
+def benchmark_tables(path, data):
+    """One benchmark's tables, as it declared them (or every figure it wrote)."""
+    where = path.resolve().relative_to(path.resolve().parents[2])  # from results/'s folder
     lines = [f"**{data.get('benchmark', path.stem)}** ({data.get('hardware', 'hardware not recorded')}, "
              f"torch {data.get('torch', 'not recorded')}; raw: `{where}`)", ""]
     rows = data.get("rows") or [{"figure": key, "value": value} for key, value in flatten(data)
                                 if key.split(".")[0] not in ("benchmark", "hardware", "torch", "targets")]
     for title, entries in (rows if isinstance(rows, dict) else {"": rows}).items():
-        if titles is not None and title not in titles:
-            continue
         columns = list(dict.fromkeys(key for entry in entries for key in entry))
         lines += ([f"*{title}*", ""] if title else []) + table(
             columns, [[cell(entry.get(key, "")) for key in columns] for entry in entries]) + [""]
@@ -267,34 +423,22 @@ def benchmarks_block(results):
     return lines or ["(no benchmark results yet under results/benchmarks/)"]
 
 
-def benchmark_block(results, name):
-    """A `benchmark:<name>` block of README.md: that benchmark's goals, the tables it names for
-    the README (`readme_tables`; default all) and its figures."""
-    path = Path(results, "benchmarks", f"{name}.json")
-    if not path.exists():
-        return [f"(no results yet: python benchmarks/{name}.py)"]
-    data = json.loads(path.read_text())
-    goals = goal_rows([(path, data)])
-    lines = table(["goal", "measured", "target", "verdict"], [g[1:] for g in goals]) + [""] if goals else []
-    return lines + benchmark_tables(path, data, data.get("readme_tables")) + [f"![{name}: {Path(f).stem}]({f})" for f in data.get("figures", [])]
-
-
 def replace_block(text, name, lines, where):
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
         raise cli.UserError(f"{where} has no {begin} ... {end} block; add one where the table goes")
-    return pattern.sub(lambda _: "\n".join([begin, "", *lines, "", end]), text)
+    return pattern.sub(lambda _: "\n".join([begin, *lines, end]), text)
 
 
 def main(argv=None):
     parser = cli.Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=str(ROOT / "results"),
                         help="run folders (<script>/<run>/), benchmarks/*.json; its README.md gets every table")
-    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="its headline, results:<script> blocks")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"),
+                        help="its headline (the race's first table) and results:<script> blocks")
     parser.add_argument("--benchmarks-readme", default=str(ROOT / "benchmarks" / "README.md"), help="its benchmarks block")
     parser.add_argument("--assets", default=str(ROOT / "assets"), help="where the runs' figures are copied")
-    parser.add_argument("--scripts", default=str(ROOT), help="folder of the <script>.py files (their ideas)")
     args = parser.parse_args(argv)
     for path in (args.readme, args.benchmarks_readme):
         if not Path(path).is_file():
@@ -305,9 +449,8 @@ def main(argv=None):
     # every block is found before anything (a README, a figure) is written
     bench = replace_block(bench_path.read_text(), "benchmarks", benchmarks_block(args.results),
                           args.benchmarks_readme)
-    readme = replace_block(readme_path.read_text(), "headline", headline_block(groups, args.scripts), args.readme)
-    for name in re.findall(r"<!-- benchmark:([\w-]+):begin -->", readme):
-        readme = replace_block(readme, f"benchmark:{name}", benchmark_block(args.results, name), args.readme)
+    first = headline_block(args.results, readme_path.resolve().parent, bench_path.resolve())
+    readme = replace_block(readme_path.read_text(), "headline", first, args.readme)
     for script in re.findall(r"<!-- results:([\w-]+):begin -->", readme):
         block = (script_block(script, groups[script], found[script], readme_path.resolve().parent, every)
                  if script in groups else [f"(no runs logged yet under results/{script}/)"])

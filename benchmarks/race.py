@@ -11,6 +11,9 @@ Networks, and the methods that race on them (every method on its own training cl
             (--blocks k), which separates "layer-wise is faster" from "smaller is faster".
             45 s per run, points every 0.7 s on the first 1,000 test images, each crossing
             confirmed on the whole test set (layerwise_demo --confirm).
+  tfcnn-bn  the same network with BatchNorm before each nonlinearity (layerwise_demo --norm
+            batch, every method): backprop (Adam, SGD), decoupled, staged, sim, predsim and the
+            truncated networks; tfcnn's grid, targets, seeds, budget and points.
   mach-mlp  the MACH MLP x -> 512 -> 256 -> 128 -> 10: by backprop (single_mach --baseline:
             the same MLP, no student, same batches, its own clock); single_mach's teacher
             and student; sequential_mach's chain and kgraph_mach's 4-graph, whose accuracy
@@ -34,7 +37,8 @@ The protocol, for each network:
 A time to target is the method's own training clock (evaluation excluded) at its first
 curve point at or above the target; "not reached within" the run's budget otherwise.
 Cells are kept in the JSON as they finish: a run stopped midway resumes where it stopped
-(--fresh forgets them). Run it alone: it measures seconds.
+(--fresh forgets them). Run it alone: it measures seconds. benchmarks/make_results.py builds
+README.md's first table from the JSON's tuned rows; the findings: benchmarks/README.md.
 
     python benchmarks/race.py --plot       # every network: about three hours on 2 CPU cores
     python benchmarks/race.py --quick      # every network, tiny budgets: under 3 minutes
@@ -53,7 +57,7 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from common import cli  # noqa: E402
-from common.run_folder import first_time_at  # noqa: E402
+from common.clocks import first_time_at  # noqa: E402
 
 
 class Method(NamedTuple):
@@ -75,9 +79,25 @@ class Runner(NamedTuple):
     methods: dict
 
 
-def layerwise(name, strategy, *flags, lr_flag="--lr", lr=1e-3, backprop=False):
-    return name, Runner(["layerwise_demo.py", "--model", "tfcnn", "--strategy", strategy, *flags], lr_flag, lr,
+def layerwise(name, strategy, *flags, lr_flag="--lr", lr=1e-3, backprop=False, model=("--model", "tfcnn")):
+    return name, Runner(["layerwise_demo.py", *model, "--strategy", strategy, *flags], lr_flag, lr,
                         {name: Method((strategy,), "strategy_seconds", backprop, "full_test_accuracy")})
+
+
+def tfcnn_race(local, *model_flags):
+    """tfcnn's grid, targets, budget and points, for backprop (Adam, SGD), the `local` strategies and
+    the truncated-network control, each as layerwise_demo.py --model tfcnn <model_flags>."""
+    model = ("--model", "tfcnn", *model_flags)
+    return dict(
+        targets=[0.85, 0.87], factors=[1 / 3, 1.0, 3.0],
+        budget=["--seconds", "45", "--eval-seconds", "0.7", "--eval-size", "1000"],
+        quick=["--seconds", "2", "--eval-seconds", "1", "--eval-size", "500"],
+        runners=dict([layerwise("backprop (Adam)", "backprop", backprop=True, model=model),
+                      layerwise("backprop (SGD)", "backprop-sgd", lr_flag="--sgd-lr", lr=0.05, backprop=True,
+                                model=model),
+                      *(layerwise(name, name, model=model) for name in local),
+                      *(layerwise(f"backprop, truncated to {k} block{'s' * (k > 1)}", "backprop", "--blocks",
+                                  str(k), model=model) for k in (1, 2))]))
 
 
 def components(prefix, n):
@@ -85,16 +105,8 @@ def components(prefix, n):
 
 
 NETWORKS = {
-    "tfcnn": dict(
-        targets=[0.85, 0.87], factors=[1 / 3, 1.0, 3.0],
-        budget=["--seconds", "45", "--eval-seconds", "0.7", "--eval-size", "1000"],
-        quick=["--seconds", "2", "--eval-seconds", "1", "--eval-size", "500"],
-        runners=dict([layerwise("backprop (Adam)", "backprop", backprop=True),
-                      layerwise("backprop (SGD)", "backprop-sgd", lr_flag="--sgd-lr", lr=0.05, backprop=True),
-                      *(layerwise(name, name) for name in
-                        ("submodel", "decoupled", "staged", "maxdiff", "kl", "sim", "predsim")),
-                      *(layerwise(f"backprop, truncated to {k} block{'s' * (k > 1)}", "backprop", "--blocks",
-                                  str(k)) for k in (1, 2))])),
+    "tfcnn": tfcnn_race(("submodel", "decoupled", "staged", "maxdiff", "kl", "sim", "predsim")),
+    "tfcnn-bn": tfcnn_race(("decoupled", "staged", "sim", "predsim"), "--norm", "batch"),
     "mach-mlp": dict(
         targets=[0.85, 0.87], factors=[1.0, 3.0, 10.0],
         budget=["--iterations", "1500"], quick=["--iterations", "40"],

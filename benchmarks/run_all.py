@@ -35,6 +35,7 @@ BENCHMARKS = {
     "async_efficiency": (["--plot"], None),
     "async_study": (["--plot"], None),
     "race": (["--plot"], None),   # only the cells not yet in its JSON (about three hours from scratch)
+    "soak": ([], None),   # 4 processes for 10 minutes: does any process's memory grow?
 }
 
 # (script, run name, extra flags, seeds): each seed runs into results/<script>/<name>-seed<k>.

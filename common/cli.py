@@ -13,21 +13,25 @@ The exit policy (`run_script`), the same for every script and benchmark:
 each as one line on stderr, without a traceback. Scripts raise these and
 never catch them; the run folder (common/run_folder.py) records the status
 and keeps what was measured. Nothing is written before the flags, the
-device and the output folder have been checked: a refused run creates
-nothing. Any other exception is a bug and keeps its traceback.
+device, the output folder and the data have been checked: a refused run
+creates nothing. Any other exception is a bug and keeps its traceback.
+
+This module imports torch only inside the functions that need it, so that a
+script can check its flags with `check_flags` before its own `import torch`
+(2-3 s): a typo is refused at once.
 """
 import argparse
+import math
 import os
 import random
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 DATASETS = ("mnist", "fashion-mnist", "kmnist")
+INITS = ("torch", "tf")  # common.models' weight initialisations, here for --init's choices
 
 
 class UserError(Exception):
@@ -65,8 +69,8 @@ def _number(kind, test, what):
 
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
 nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _number(float, lambda v: v > 0 and np.isfinite(v), "a positive number")
-nonnegative_float = _number(float, lambda v: v >= 0 and np.isfinite(v), "a number >= 0")
+positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+nonnegative_float = _number(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
 fraction = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
@@ -79,6 +83,14 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+PROGRESS_LINE = (
+    "The printed curve, one line per evaluation: iter = training steps so far, epoch = passes "
+    "over the training set, s = wall-clock seconds since the start (evaluation included; each "
+    "method's own training clock is in metrics.csv), acc = test accuracy of each component or "
+    "method, loss = its training losses of the last step, per example; lines past 120 "
+    "characters go on indented below. metrics.csv in the run folder holds every column.")
+
+
 def make_parser(doc, *, iterations, batch_size, lr, eval_every):
     """The flags every script shares, spelled the same everywhere.
 
@@ -88,7 +100,7 @@ def make_parser(doc, *, iterations, batch_size, lr, eval_every):
     `iterations=None` means the script has another way to end (--seconds).
     """
     parser = Parser(description=doc.strip().split("\n\n")[0],
-                    formatter_class=_DefaultsFormatter)
+                    formatter_class=_DefaultsFormatter, epilog=PROGRESS_LINE)
     shared = parser.add_argument_group("shared flags (the same in every script)")
     shared.add_argument("--dataset", choices=DATASETS, default="mnist",
                         help="MNIST-family dataset; files are found on disk or downloaded")
@@ -99,14 +111,16 @@ def make_parser(doc, *, iterations, batch_size, lr, eval_every):
     shared.add_argument("--seed", type=nonnegative_int, default=0,
                         help="seed for weights and data order")
     shared.add_argument("--threads", type=positive_int, default=None,
-                        help="CPU threads for torch (default: torch's own choice)")
+                        help="CPU threads for torch (default: torch's own choice; async_mach's "
+                             "process components and torchrun ranks: the host's cores / its ranks)")
     shared.add_argument("--iterations", type=positive_int, default=iterations,
-                        help="training steps")
+                        help="training steps of each model the script trains (each method, "
+                             "strategy or component its own)")
     shared.add_argument("--batch-size", type=positive_int, default=batch_size,
                         help="minibatch size")
     shared.add_argument("--lr", type=positive_float, default=lr, help="learning rate")
     shared.add_argument("--eval-every", type=positive_int, default=eval_every,
-                        help="evaluate on the test set every this many steps")
+                        help="evaluate on the whole test set every this many training steps")
     shared.add_argument("--out", default=None,
                         help="run folder (default: runs/<script>/<time>-seed<seed>)")
     shared.add_argument("--plot", action="store_true",
@@ -116,6 +130,7 @@ def make_parser(doc, *, iterations, batch_size, lr, eval_every):
 
 def resolve_device(spec):
     """Turn --device into a torch.device, or raise UserError if it is not here."""
+    import torch
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -142,34 +157,74 @@ def resolve_device(spec):
 
 
 def check_writable(folder):
-    """Prove the run folder could be made and written, without creating anything."""
+    """Prove the run folder could be made and written, leaving nothing behind: make and
+    remove a temporary folder in the nearest part of the path that exists (os.access
+    says yes to root everywhere, /proc included)."""
     path = Path(folder).absolute()
     existing = next(p for p in [path, *path.parents] if p.exists())
     if not existing.is_dir():
         reason = f"{existing} is a file, not a folder"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        reason = f"no permission to write in {existing}"
     else:
-        return
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".writable-", dir=existing))
+            return
+        except OSError as error:
+            reason = f"cannot make a folder in {existing}: {error.strerror}"
     raise UserError(f"--out {folder}: cannot write there ({reason}); choose a writable folder")
 
 
+def check_data_dir(parser, args):
+    """A --data-dir given on the command line must exist; the default (where downloads
+    go) may be created. Without this, a mistyped folder trains silently on another copy."""
+    default = parser.get_default("data_dir")
+    if getattr(args, "dataset", None) and args.data_dir != default and not Path(args.data_dir).is_dir():
+        raise UserError(f"dataset {args.dataset} not found: --data-dir {args.data_dir} is not a "
+                        "folder; give the folder that holds its four IDX files, or leave "
+                        f"--data-dir out to search {default} (where downloads go) and the system copy")
+
+
+def _check(parser, args, validate, out):
+    """The checks shared by check_flags and setup; they need no torch."""
+    if validate is not None:
+        validate(args)
+    check_data_dir(parser, args)
+    check_writable(out)
+
+
+def check_flags(parser, validate=None, argv=None):
+    """The checks that need no torch, for a script to run before its `import torch`:
+    argparse, `validate(args)` (if it needs no torch), --data-dir and --out. Bad flags
+    exit with code 2 and one line; nothing is kept (setup() parses again)."""
+    args = parser.parse_args(argv)
+    try:
+        _check(parser, args, validate, args.out or "runs")
+    except UserError as error:
+        parser.error(str(error))
+
+
 def setup(parser, script, argv=None, validate=None):
-    """Parse and validate the flags, then seed and pick the device.
+    """Parse and validate the flags, find the data, then seed and pick the device.
 
     `validate(args)` is the script's own check of how its flags combine: it
     raises UserError. Returns (args, device). Bad values exit with code 2
     and one line, before any data is loaded, model built or file written.
+    The folder the data files are read from is printed and kept as
+    args.data_source (so config.json records it); a missing dataset is
+    downloaded here, or refused, before anything else happens.
     """
+    import torch
+    from common.data import locate  # common.data imports torch and torchvision
+
     args = parser.parse_args(argv)
     if args.out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         args.out = os.path.join("runs", script, f"{stamp}-seed{args.seed}")
     try:
-        if validate is not None:
-            validate(args)
+        _check(parser, args, validate, args.out)
         device = resolve_device(args.device)
-        check_writable(args.out)
+        if getattr(args, "dataset", None):
+            args.data_source = str(next(iter(locate(args.dataset, args.data_dir).values())).parent)
+            print(f"data: {args.dataset} from {args.data_source}", flush=True)
     except UserError as error:
         parser.error(str(error))
     if device.type == "cuda":
@@ -181,6 +236,9 @@ def setup(parser, script, argv=None, validate=None):
 
 
 def seed_everything(seed):
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -203,10 +261,14 @@ def run_script(main):
 
 
 def _terminated(signum, frame):
-    # torchrun (or a batch system) ends the other ranks this way when one has failed: the
-    # run folder records it as failed and keeps what was measured.
-    raise RunFailed("terminated by SIGTERM (torchrun sends it to every rank when one fails; "
-                    "its report names the one that did)")
+    # `timeout`, `kill` or a batch system ends a run this way, and torchrun ends the other
+    # ranks so when one has failed: the run folder records it as failed and keeps what was
+    # measured. Only a torchrun rank (TORCHELASTIC_RUN_ID is set) is told about torchrun.
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        raise RunFailed("terminated by SIGTERM (torchrun sends it to every rank when one "
+                        "fails; its report names the one that did)")
+    raise RunFailed("terminated by SIGTERM (sent by timeout, kill or a batch system); "
+                    "what was measured so far is kept")
 
 
 def _leave(line, code):

@@ -12,10 +12,18 @@ Where the files come from, in order:
      <data-dir>/<TorchvisionName>/raw, or Debian's /usr/share/datasets/<name>/
      (package dataset-fashion-mnist). These are read directly, without
      torchvision's md5 check, because Debian recompressed its copies;
-  2. otherwise torchvision downloads them into <data-dir>.
+  2. otherwise torchvision downloads them, into a temporary folder first; they
+     are moved to <data-dir>/<TorchvisionName>/raw only once all four have
+     arrived, so a failed download leaves nothing behind.
+cli.setup calls locate() before anything else happens, prints the folder
+the files are read from and records it in config.json (data_source).
 """
+import contextlib
 import gzip
+import io
+import shutil
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,30 +105,45 @@ def read_idx(path, expected_ndim):
 
 
 def locate(name, data_dir):
-    """Find the files on disk, or download them with torchvision; UserError if neither."""
+    """The four IDX paths, found on disk or downloaded with torchvision; UserError if neither."""
     places = search_dirs(name, data_dir)
     for folder in places:
         files = find_files(folder)
         if files:
             return files
-    try:
-        for train in (True, False):
-            TORCHVISION_CLASS[name](root=str(data_dir), train=train, download=True)
-    except Exception as error:  # torchvision raises RuntimeError/URLError/OSError offline
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        package = DEBIAN_PACKAGE.get(name)
-        debian = (f"apt-get install {package} (found automatically)" if package else
-                  f"no Debian package carries {name}; use --dataset fashion-mnist offline")
-        searched = "\n".join(f"  {p}" for p in places)
-        raise UserError(
-            f"dataset {name} not found and could not be downloaded ({reason}).\n"
-            f"Searched for the four IDX files (gzipped or not) in:\n{searched}\n"
-            "Fixes: (1) connect to the internet, torchvision downloads it; "
-            f"(2) put the files in one of the folders above and pass --data-dir; (3) {debian}")
-    files = find_files(places[2])
+    target = places[2]  # <data-dir>/<TorchvisionName>/raw, where torchvision would put them
+    with tempfile.TemporaryDirectory(prefix=f"{name}-download-") as temporary:
+        try:  # torchvision prints a line per file and mirror it tries on stdout; not ours to show
+            with contextlib.redirect_stdout(io.StringIO()):
+                for train in (True, False):
+                    TORCHVISION_CLASS[name](root=temporary, train=train, download=True)
+        except Exception as error:  # torchvision raises RuntimeError/URLError/OSError offline
+            raise UserError(not_found(name, data_dir, places, error)) from None
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for file in (Path(temporary) / target.parent.name / "raw").iterdir():
+                shutil.move(file, target / file.name)
+        except OSError as error:
+            raise UserError(f"dataset {name}: downloaded, but cannot put it in {target} "
+                            f"({error.strerror}); pass a writable --data-dir") from None
+    files = find_files(target)
     if not files:
-        raise UserError(f"torchvision reported success but the files are not in {places[2]}")
+        raise UserError(f"torchvision reported success but the files are not in {target}")
     return files
+
+
+def not_found(name, data_dir, places, error):
+    """One line: where we looked, why the download failed, and the fixes."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # torchvision: "Error downloading <file>:", then one "Tried <mirror>, got: <cause>" each
+    reason = " ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else type(error).__name__
+    package = DEBIAN_PACKAGE.get(name)
+    offline = (f"apt-get install {package} (found automatically)" if package else
+               f"use --dataset fashion-mnist offline (no Debian package carries {name})")
+    return (f"dataset {name} not found: its four IDX files (gzipped or not) are in none of "
+            f"{', '.join(map(str, places))}, and the download failed ({reason}); fix: connect "
+            f"to the internet (torchvision downloads it into {places[2]}), or copy the four "
+            f"files into --data-dir {data_dir}, or {offline}")
 
 
 def load_data(name, data_dir, device, flat=False):

@@ -1,6 +1,7 @@
-"""Generic network builders and the optimizer helper. The experiments' own
-modules (students, teachers, gradient models, auxiliary heads) are built in
-the scripts from these parts; nothing here knows about any training idea.
+"""Generic network builders and the optimizer helpers. The experiments' own
+modules (students, teachers, gradient models) are built in the scripts from
+these parts; nothing here knows about any training idea. layerwise_demo.py's
+networks: common/layerwise_models.py.
 """
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,15 @@ def make_optimizer(params, kind="adam", lr=1e-3, momentum=0.0):
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum)
     return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+def decay_lr(optimizer, used, milestones, factor):
+    """A step schedule: every group's lr = its initial lr x factor^(milestones <= used), `used`
+    and `milestones` in the same unit (say, fractions of the budget). The first call keeps
+    the initial lr in the group's "initial_lr", as torch's own schedulers do. None: no milestones."""
+    done = sum(used >= milestone for milestone in milestones or ())
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor ** done
 
 
 def _draw_tf_(weight, bias, std=0.1, bias_value=0.1):
@@ -149,53 +159,16 @@ class StackedMLP(nn.Module):
 # Each builder returns an nn.ModuleList [block_1, ..., block_K, output]: the
 # blocks are the units a layer-wise strategy trains one at a time, and
 # `output` is the model's own last layer (features -> logits). Run in order,
-# they are the whole network: output(block_K(...block_1(x))).
-
-class ScaledTanh(nn.Module):
-    """LeCun's 1.7159 tanh(2x/3), as in LeCun et al. 1998 (LeNet-5)."""
-
-    def forward(self, x):
-        return 1.7159 * (2 * x / 3).tanh()
+# they are the whole network: output(block_K(...block_1(x))). norm="batch" puts
+# BatchNorm between each conv/linear layer and its nonlinearity, as the blocks of
+# Nokland & Eidnes's local-loss code (arXiv 1901.06656); it draws no random numbers,
+# so a seed gives the same conv/linear weights with or without it.
 
 
-def tfcnn(num_classes=10, dropout=0.4):
-    """TensorFlow "layers" tutorial MNIST CNN, input (N, 1, 28, 28).
-
-    conv 5x5 32 same, ReLU, max-pool 2 | conv 5x5 64 same, ReLU, max-pool 2 |
-    dense 1024 ReLU, dropout 0.4 | dense num_classes.
-    """
-    return nn.ModuleList([
-        nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),
-        nn.Sequential(nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)),
-        nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 1024), nn.ReLU(), nn.Dropout(dropout)),
-        nn.Linear(1024, num_classes),
-    ])
-
-
-def lenet(num_classes=10):
-    """A LeNet-5-like network (LeCun et al. 1998), with the scaled tanh, input (N, 1, 28, 28).
-
-    conv 5x5 6 pad 2, tanh, avg-pool 2 | conv 5x5 16, tanh, avg-pool 2 |
-    400 -> 120 tanh | 120 -> 84 tanh | 84 -> num_classes.
-    """
-    return nn.ModuleList([
-        nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), ScaledTanh(), nn.AvgPool2d(2)),
-        nn.Sequential(nn.Conv2d(6, 16, 5), ScaledTanh(), nn.AvgPool2d(2)),
-        nn.Sequential(nn.Flatten(), nn.Linear(400, 120), ScaledTanh()),
-        nn.Sequential(nn.Linear(120, 84), ScaledTanh()),
-        nn.Linear(84, num_classes),
-    ])
-
-
-def mlp_blocks(input_size=784, hidden=(1024, 1024, 1024), num_classes=10):
-    """An MLP with ReLU hidden layers (3x1024 by default, as in Nokland & Eidnes
-    2019), one block per hidden layer; accepts (N, 1, 28, 28) or flat input."""
-    blocks, fan_in = [], input_size
-    for i, width in enumerate(hidden):
-        flatten = [nn.Flatten()] if i == 0 else []
-        blocks.append(nn.Sequential(*flatten, nn.Linear(fan_in, width), nn.ReLU()))
-        fan_in = width
-    return nn.ModuleList(blocks + [nn.Linear(fan_in, num_classes)])
-
-
-BLOCK_MODELS = {"tfcnn": tfcnn, "lenet": lenet, "mlp": mlp_blocks}
+def mlp_blocks_and_head(input_size, width, layers, num_classes):
+    """The DNI paper's MNIST nets: hidden blocks (Linear, BatchNorm, ReLU) and the output
+    layer, kept apart (a synthetic gradient module sits after each block)."""
+    sizes = [input_size] + [width] * layers
+    blocks = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU())
+                           for a, b in zip(sizes[:-1], sizes[1:]))
+    return blocks, nn.Linear(width, num_classes)

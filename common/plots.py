@@ -11,6 +11,7 @@ of two variables beside snapshots of learned ones).
 """
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import matplotlib
@@ -52,34 +53,49 @@ def _label(axis, xlabel, ylabel, legend=True):
         axis.legend(fontsize=8)
 
 
-def draw(runs, out, title=None):
-    """runs: [(label, metrics dict)]. Two panels: accuracy vs iteration and vs seconds.
+def curves(metrics, clocks=None):
+    """{name: (iterations, seconds, accuracies)}: each acc/<name> column of a run's metrics
+    against its own clock, the column clocks[name] (a run's summary.json "clock_columns"),
+    else sec/<name>, else the run's training seconds. Rows where a method was not measured
+    are skipped, not drawn as breaks."""
+    clocks, lines = clocks or {}, {}
+    for column in metrics:
+        if column.startswith("acc/"):
+            name = column[4:]
+            clock = metrics.get(clocks.get(name, f"sec/{name}"), metrics["train_seconds"])
+            points = [(i, t, a) for i, t, a in zip(metrics["iteration"], clock, metrics[column])
+                      if a == a]
+            lines[name] = tuple(map(list, zip(*points))) if points else ([], [], [])
+    return lines
 
-    The seconds are each method's own training clock (column sec/<method>)
-    where the run keeps one, else the run's training seconds.
-    """
+
+def draw(runs, out, title=None):
+    """runs: [(label, metrics dict, clocks or None)]. Two panels: accuracy against iteration
+    and against each method's own training seconds (`curves`)."""
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, metrics in runs:
-        for column in metrics:
-            if not column.startswith("acc/"):
-                continue
-            name = f"{label} {column[4:]}".strip()
-            clock = metrics.get(f"sec/{column[4:]}", metrics["train_seconds"])
-            # rows where this method was not measured have no value: skip them, don't break the line
-            points = [(i, t, a) for i, t, a in zip(metrics["iteration"], clock, metrics[column]) if a == a]
-            by_step.plot([p[0] for p in points], [p[2] for p in points], label=name)
-            by_time.plot([p[1] for p in points], [p[2] for p in points], label=name)
+    for label, metrics, clocks in runs:
+        for name, (steps, seconds, accuracy) in curves(metrics, clocks).items():
+            style = {"label": f"{label} {name}".strip(), "marker": "o" if len(steps) < 30 else None}
+            by_step.plot(steps, accuracy, **style)   # a single evaluation shows as its point
+            by_time.plot(seconds, accuracy, **style)
     _label(by_step, "iteration", "test accuracy", legend=False)
-    _label(by_time, "training seconds (own clock)", "test accuracy")
+    _label(by_time, "training seconds (each method's own clock)", "test accuracy")
     if title:
         fig.suptitle(title)
     return _save(fig, out, dpi=120)
 
 
-def plot_run(run_dir, title=None):
-    """curves.png in the run folder."""
+def clocks_of(run_dir):
+    """The run's {method: clock column}, from its summary.json (None if it has none)."""
+    summary = Path(run_dir) / "summary.json"
+    return json.loads(summary.read_text()).get("clock_columns") if summary.is_file() else None
+
+
+def plot_run(run_dir, title=None, clocks=None):
+    """curves.png in the run folder; clocks: {method: clock column}, default the summary's."""
     run_dir = Path(run_dir)
-    return draw([("", read_metrics(run_dir))], run_dir / "curves.png", title or run_dir.name)
+    return draw([("", read_metrics(run_dir), clocks or clocks_of(run_dir))], run_dir / "curves.png",
+                title or run_dir.name)
 
 
 def plot_series(out, series, xlabel, ylabel, logy=False, title=None):
@@ -172,7 +188,7 @@ def main(argv=None):
     for run in args.runs:
         if not (Path(run) / "metrics.csv").is_file():
             parser.error(f"{run}: no metrics.csv there; pass run folders written by the scripts")
-        runs.append((Path(run).name, read_metrics(run)))
+        runs.append((Path(run).name, read_metrics(run), clocks_of(run)))
     print(draw(runs, args.out))
 
 

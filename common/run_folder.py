@@ -12,8 +12,10 @@ and the status a run ended with: the same in every script.
 writes, in the run folder (--out):
   config.json   the flags, torch version, device and hardware, at the start;
   metrics.csv   one row per evaluation, flushed at once;
-  summary.json  script, dataset, seed, device, iterations, train_seconds,
-                status (completed | interrupted | diverged | failed),
+  summary.json  script, dataset, seed, device, iterations, train_seconds (the
+                whole loop's), own_train_seconds and clock_columns (each
+                method's own clock, `clock_of`), status (completed |
+                interrupted | diverged | failed),
                 test_accuracy {component: fraction} and best_test_accuracy,
                 whatever the ending (and startup_seconds where the clock was
                 restarted, see restart_clock). Scripts may add keys to `run.summary`.
@@ -47,6 +49,7 @@ import torch
 from tqdm import tqdm
 
 from common.cli import Diverged, UserError
+from common.clocks import first_time_at, synchronize
 
 
 def hardware(device):
@@ -60,69 +63,6 @@ def hardware(device):
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {torch.get_num_threads()} threads"
-
-
-def synchronize(device):
-    """Wait for queued GPU work so the clock reads real elapsed time."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-@torch.inference_mode()
-def evaluate(predict, x, y, batch_size=2000):
-    """(mean cross-entropy, accuracy) of `predict(x) -> logits` over a whole split."""
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        logits = predict(x[start:start + batch_size])
-        target = y[start:start + batch_size]
-        total_loss += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
-        correct += (logits.argmax(1) == target).sum().item()
-    return total_loss / len(x), correct / len(x)
-
-
-@contextmanager
-def eval_mode(*modules):
-    """Dropout and BatchNorm in evaluation mode inside, as they were afterwards."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
-
-
-class Clock:
-    """One method's own training clock: the seconds spent inside `with clock:`.
-
-    Several methods trained in one loop each keep one, so each curve can be
-    drawn against the time its own steps took (synchronised on GPUs).
-    """
-
-    def __init__(self, device):
-        self.device, self.seconds = device, 0.0
-
-    def __enter__(self):
-        synchronize(self.device)
-        self._began = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        synchronize(self.device)
-        self.seconds += time.perf_counter() - self._began
-        return False
-
-
-def first_time_at(rows, accuracy_column, clock_column, target):
-    """The clock reading of the first row whose accuracy reaches target, else None."""
-    for row in rows:
-        value = row.get(accuracy_column)
-        if value not in (None, "") and float(value) >= target:
-            return float(row[clock_column])
-    return None
 
 
 class Run:
@@ -147,12 +87,19 @@ class Run:
         # --plot draws this at the end: curves.png by default; a script whose curves need
         # another clock or other panels puts its own `draw(folder)` here.
         self.draw = None
+        # The one table printed at the end: final and best accuracy per component, unless
+        # the script puts its own `end_table()` here.
+        self.end_table = None
         # Components that train on their own (async_mach) report their training time here.
         self.own_train_seconds = None
+        # Each method's own training clock: the logged column its seconds are read from, by
+        # the figures, the times to target and the closing line. Several methods trained in
+        # one loop keep one Clock each (sec/<clock>) and say here which is whose.
+        self.clock_of = lambda name: "train_seconds"
         self.progress = tqdm(total=total, disable=not sys.stdout.isatty(), leave=False,
                              dynamic_ncols=True, desc=script)
         self.clock, self.unit = time.perf_counter, "s"  # a simulation's run: virtual seconds
-        self.start = self.clock()
+        self.start = self.wall_start = self.last_line = self.clock()
 
     # -- timing ---------------------------------------------------------------
     def elapsed(self):
@@ -188,14 +135,21 @@ class Run:
             self.iteration = step
             yield step
             self.progress.update(1)
+            self.still_working(f"iter {step} of {self.total}")
+
+    def still_working(self, what):
+        """Without a progress bar (no terminal), a line at least every 10 s of wall time,
+        so that a log or a CI job never looks hung."""
+        if self.progress.disable and time.perf_counter() - self.last_line >= 10:
+            self.print(f"... {what}, {time.perf_counter() - self.wall_start:.0f} s wall")
 
     # -- logging --------------------------------------------------------------
-    def log(self, iteration, epoch, accuracy=None, losses=None, extra=None):
+    def log(self, iteration, epoch, accuracy=None, losses=None, extra=None, quiet=None):
         """One evaluation: print a fixed-format line and append a CSV row.
 
-        accuracy: {component: test accuracy fraction}; losses: {name: value};
-        extra: any other numbers worth a column. A non-finite loss raises Diverged
-        after the row is written.
+        accuracy: {component: test accuracy fraction}; losses: {name: per-example value};
+        extra: other numbers worth a column, printed too; quiet: columns for the CSV only.
+        A non-finite loss raises Diverged after the row is written.
         """
         synchronize(self.device)
         accuracy, losses, extra = accuracy or {}, losses or {}, extra or {}
@@ -205,21 +159,24 @@ class Run:
         row.update({f"acc/{k}": round(v, 5) for k, v in accuracy.items()})
         row.update({f"loss/{k}": v for k, v in losses.items()})
         row.update(extra)
+        row.update(quiet or {})
         self._write_row(row)
         for name, value in accuracy.items():
             self.best[name] = max(self.best.get(name, 0.0), value)
             self.summary["test_accuracy"][name] = value
-        line = (f"iter {iteration:>7d} | epoch {epoch:6.2f} | {row['seconds']:7.1f} {self.unit}"
-                + (" | acc " + " ".join(f"{k} {v:.4f}" for k, v in accuracy.items()) if accuracy else "")
-                + (" | loss " + " ".join(f"{k} {v:.4g}" for k, v in losses.items()) if losses else "")
-                + (" | " + " ".join(f"{k} {_fmt(v)}" for k, v in extra.items()) if extra else ""))
-        self.print(line)
+        parts = [("acc", [f"{k} {v:.4f}" for k, v in accuracy.items()]),
+                 ("loss", [f"{k} {v:.4g}" for k, v in losses.items()]),
+                 ("", [f"{k} {_fmt(v)}" for k, v in extra.items()])]
+        for line in wrap(f"iter {iteration:>7d} | epoch {epoch:6.2f} | {row['seconds']:7.1f} {self.unit}",
+                         parts):
+            self.print(line)
         bad = [name for name, value in losses.items() if not math.isfinite(value)]
         if bad:
             raise Diverged(f"loss {bad[0]} became {losses[bad[0]]} at iteration {iteration}")
 
     def print(self, line):
         """Print above the progress bar (or plainly when there is none)."""
+        self.last_line = time.perf_counter()
         if self.progress.disable:
             print(line, flush=True)
         else:
@@ -243,16 +200,17 @@ class Run:
     def declare_row(self, name, metric, value, unit="", reference=None, headline=False):
         """A row for the results table: `name`'s `metric` (value in `unit`: %, points, s,
         ms, x or ''), what the original or paper reported, if anything, and whether the
-        README's headline table shows it (beside the baseline's row of the same metric)."""
+        README shows it where a script block has one line per command."""
         row = {"name": name, "metric": metric, "value": value, "unit": unit, "headline": headline}
         if reference:
             row["reference"] = reference
         self.rows_declared.append(row)
 
-    def time_to_target(self, pairs, clock_column, fraction=0.95, rows=None):
+    def time_to_target(self, pairs, fraction=0.95, rows=None):
         """For each (method, baseline) pair: the seconds each of the two took until its
-        test accuracy first reached `fraction` of the baseline's final accuracy, on the
-        clock `clock_column(name)` of the logged rows (default: every row logged)."""
+        test accuracy first reached `fraction` of the baseline's final accuracy, each on
+        its own clock (`clock_of`), in the logged rows (default: every row logged)."""
+        clock_column = self.clock_of
         accuracy, rows = self.summary["test_accuracy"], self.rows if rows is None else rows
         records = []
         for method, baseline in pairs:
@@ -288,11 +246,24 @@ class Run:
         self.finish(status, error)
         return False  # cli.run_script turns the ending into one line and an exit code
 
+    def own_seconds(self):
+        """{method: seconds on its own clock at its last logged accuracy}."""
+        seconds = {}
+        for name in self.summary["test_accuracy"]:
+            column = self.clock_of(name)
+            logged = [r[column] for r in self.rows if r.get(f"acc/{name}") not in (None, "")
+                      and r.get(column) not in (None, "")]
+            if logged:
+                seconds[name] = float(logged[-1])
+        return seconds
+
     def finish(self, status, error=None):
         self.summary.update(status=status, iterations=self.iteration,
                             train_seconds=round(self.train_seconds(), 3),
                             wall_seconds=round(self.elapsed(), 3),
-                            best_test_accuracy=self.best)
+                            best_test_accuracy=self.best,
+                            clock_columns={n: self.clock_of(n) for n in self.summary["test_accuracy"]},
+                            own_train_seconds=self.own_seconds())
         if error is not None and status != "completed":
             self.summary["error"] = str(error) or type(error).__name__
         rows = self.rows_declared or [
@@ -304,18 +275,33 @@ class Run:
                 self.draw(self.dir)
             elif any(c.startswith("acc/") for c in self.columns):
                 s = self.summary
-                plot_run(self.dir, f"{s['script']} on {s['dataset']}, seed {s['seed']}, {s['device']}")
+                plot_run(self.dir, f"{s['script']} on {s['dataset']}, seed {s['seed']}, {s['device']}",
+                         s["clock_columns"])
         figures = sorted(p.name for p in self.dir.glob("*.png"))
         self.summary["results"] = {"baseline": self.baseline, "rows": rows, "figures": figures}
         (self.dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
         self.print_table(status)
 
     def print_table(self, status):
-        acc = self.summary["test_accuracy"]
-        self.print(f"== {self.script} {status}: {self.iteration} iterations, "
-                   f"{self.summary['train_seconds']:.1f} {self.unit} training, "
-                   f"{self.summary['wall_seconds']:.1f} {self.unit} wall, run folder {self.dir} ==")
-        if acc:
+        acc, clocks = self.summary["test_accuracy"], self.summary["clock_columns"]
+        own = ""
+        if any(column != "train_seconds" for column in clocks.values()):
+            # methods on their own clocks: each one's seconds, never their sum
+            by_seconds = {}
+            for name, seconds in self.summary["own_train_seconds"].items():
+                by_seconds.setdefault((clocks[name], seconds), []).append(name)
+            own = "own training seconds: " + ", ".join(
+                f"{'/'.join(names)} {seconds:.1f} {self.unit}" for (_, seconds), names in by_seconds.items())
+        steps = f"{self.iteration} iterations, " if self.total else ""   # else: the script's table says
+        self.print(f"== {self.script} {status}: {steps}"
+                   f"{self.summary['train_seconds']:.1f} {self.unit} training in all, "
+                   f"{self.summary['wall_seconds']:.1f} {self.unit} wall ==")
+        if own:
+            self.print(own)
+        self.print(f"run folder: {self.dir}")
+        if self.end_table is not None and status == "completed":
+            self.end_table()
+        elif acc:
             width = max(len("component"), *(len(k) for k in acc))
             self.print(f"{'component':<{width}}  final acc  best acc")
             for name, value in acc.items():
@@ -326,125 +312,19 @@ def _fmt(value):
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-# -- A race: methods trained one after another, each on its own clock --------------
-# (layerwise_demo.py's clock; its figure is common.plots.draw_race)
-
-class RaceCurve:
-    """One method's turn in a race of methods trained one after another on the same
-    budget: its own training clock (a Clock), its budget (steps, or seconds on that
-    clock), when its next test point is due, and the points so far.
-
-        curve = RaceCurve(run, "backprop", test=(x, y), epoch_size=60000, budget_steps=False,
-                          every_seconds=10, eval_size=2000, targets=[0.85, 0.88])
-        while curve.used() < budget:
-            with curve.clock:
-                ...one training step...
-            curve.tick(batch_size, {"local_loss/1": loss.item()})
-            if curve.due():
-                curve.point(model, [model], stage="all")
-        curve.final(model, [model], test_x, test_y, stage="final")
-
-    A point evaluates on the first `eval_size` images of `test` (a slice keeps the race
-    fast) and logs a row with the column acc/<name>: the run's best accuracy and time to
-    target see points only. With `targets`, a point whose slice accuracy reaches a target
-    not yet confirmed is evaluated again on the whole of `test`, logged as
-    full_test_accuracy: a crossing counts once confirmed there.
-    `final` evaluates on the split it is given, records that as the
-    method's test accuracy, and logs its row without acc/<name>. Rows carry <kind>,
-    stage, <kind>_seconds (the clock), cpu_seconds, test_loss, test_accuracy,
-    eval_examples, and the means of what `tick` was given since the last point.
-    """
-
-    def __init__(self, run, name, test, epoch_size, budget_steps, every_steps=None,
-                 every_seconds=None, kind="method", eval_size=None, targets=()):
-        self.run, self.name, self.test, self.kind = run, name, test, kind
-        self.eval_size, self.unconfirmed = eval_size or len(test[1]), sorted(targets)
-        self.epoch_size, self.budget_steps = epoch_size, budget_steps
-        self.every_steps, self.every_seconds = every_steps, every_seconds
-        self.clock = Clock(run.device)
-        self.steps = self.samples = 0
-        # CPU seconds of this process (all threads), evaluation excluded: on a shared
-        # machine they show how much of the wall-clock budget the method really got.
-        self.cpu_start, self.cpu_eval = time.process_time(), 0.0
-        self.means = {}   # column: [sum, count] since the last point
-        self.points = []  # (seconds on the clock, test loss, test accuracy)
-        self.next_point = every_steps or every_seconds
-
-    def cpu_seconds(self):
-        return time.process_time() - self.cpu_start - self.cpu_eval
-
-    def used(self):
-        """Budget spent: steps, or seconds on the method's clock."""
-        return self.steps if self.budget_steps else self.clock.seconds
-
-    def tick(self, batch_size, values=None):
-        """After a step: count it, and add `values` ({column: number}) to the means."""
-        self.steps += 1
-        self.samples += batch_size
-        for column, value in (values or {}).items():
-            total = self.means.setdefault(column, [0.0, 0])
-            total[0] += value
-            total[1] += 1
-
-    def _now(self):
-        return self.steps if self.every_steps else self.clock.seconds
-
-    def due(self):
-        return self._now() >= self.next_point
-
-    def point(self, predict, modules, stage, inputs=None):
-        """Log a curve point: predict's loss and accuracy on the slice, `modules` in eval mode.
-        `inputs`: what predict takes in place of test's images, one row per image (say,
-        indices into features computed once)."""
-        x, y = self.test
-        loss, accuracy = self._log(predict, modules, x if inputs is None else inputs, y,
-                                   stage, curve=True)
-        self.points.append((self.clock.seconds, loss, accuracy))
-        self.next_point = self._now() + (self.every_steps or self.every_seconds)
-        return accuracy
-
-    def final(self, predict, modules, x, y, stage):
-        """The method's test accuracy, on (x, y): recorded, logged, not a curve point."""
-        loss, accuracy = self._log(predict, modules, x, y, stage, curve=False)
-        self.run.summary["test_accuracy"][self.name] = accuracy
-        return accuracy
-
-    def _log(self, predict, modules, x, y, stage, curve):
-        seconds, cpu, began = self.clock.seconds, self.cpu_seconds(), time.process_time()
-        n, full = (self.eval_size if curve else len(y)), {}
-        with self.run.evaluating(), eval_mode(*modules):
-            loss, accuracy = evaluate(predict, x[:n], y[:n])
-            if curve and self.unconfirmed and accuracy >= self.unconfirmed[0]:
-                full["full_test_accuracy"] = round(evaluate(predict, x, y)[1], 5)
-                self.unconfirmed = [t for t in self.unconfirmed if t > full["full_test_accuracy"]]
-        self.cpu_eval += time.process_time() - began
-        extra = {self.kind: self.name, "stage": stage,
-                 f"{self.kind}_seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
-                 "test_loss": round(loss, 5), "test_accuracy": round(accuracy, 5),
-                 "eval_examples": n, **full}
-        extra.update({column: round(total / count, 5)
-                      for column, (total, count) in self.means.items()})
-        self.means = {}
-        self.run.log(self.steps, self.samples / self.epoch_size,
-                     accuracy={self.name: accuracy} if curve else None,
-                     losses={"test": loss}, extra=extra)
-        return loss, accuracy
+LINE_WIDTH = 120
 
 
-def print_race_table(run, curves, n_eval, n_test):
-    """The race's table: final accuracy (whole test set) apart from the best curve point
-    (first n_eval), steps, CPU seconds, and seconds to the target of run.time_to_target."""
-    timed = run.summary["time_to_target"]
-    seconds = {p["baseline"]: p["baseline_seconds"] for p in timed["pairs"]}
-    seconds.update({p["method"]: p["seconds"] for p in timed["pairs"]})
-    run.print(f"{'strategy':<14} {'final acc':>9} {'best point':>10} {'steps':>6} {'cpu s':>6} "
-              f"{'s to target':>11} {'x backprop':>10}")
-    for c in curves:
-        t, base = seconds.get(c.name), seconds.get("backprop")
-        run.print(f"{c.name:<14} {run.summary['test_accuracy'][c.name]:9.4f} "
-                  f"{max(p[2] for p in c.points):10.4f} {c.steps:6d} "
-                  f"{run.summary['cpu_seconds'][c.name]:6.0f} {'-' if t is None else f'{t:.1f}':>11} "
-                  f"{f'{t / base:.2f}' if t is not None and base else '-':>10}")
-    run.print(f"final acc: all {n_test} test images; best point: the best curve point, on the "
-              f"first {n_eval}; s to target: strategy seconds to the first curve point at "
-              f"{timed['fraction']:.0%} of backprop's final acc ('-': never)")
+def wrap(head, parts):
+    """The printed curve line, head | acc ... | loss ... | extra ..., cut at item boundaries
+    into lines of at most LINE_WIDTH characters; a continuation line is indented, and
+    joining each to the one before with a space gives the whole line back."""
+    lines, indent = [head], " " * 12
+    for label, items in parts:
+        for n, item in enumerate(items):
+            text = (f"| {label} " if label else "| ") + item if n == 0 else item
+            if len(lines[-1]) + 1 + len(text) > LINE_WIDTH:
+                lines.append(indent + text)
+            else:
+                lines[-1] += " " + text
+    return lines

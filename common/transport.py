@@ -350,7 +350,10 @@ class GlooTransport:
             self.error = error
 
     def send(self, dst, message):
-        payload = encode(dict(message, src=self.rank))
+        self.send_payload(dst, encode(dict(message, src=self.rank)))
+
+    def send_payload(self, dst, payload):
+        """Send encoded bytes (a uint8 tensor) as one message: `send`'s wire step."""
         with self.send_lock:  # length and bytes must not interleave with another send
             # A link that went down takes TCP minutes to notice: wait --peer-timeout at most.
             wait = datetime.timedelta(seconds=self.timeout_s)

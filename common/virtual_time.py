@@ -1,6 +1,6 @@
 """Virtual time: K components on K imagined machines, simulated in one process
 (`--backend virtual`). Nothing here is the idea: the components are the same
-code (async_mach.Worker), sending the same messages, as on the thread,
+code (async_mach.ComponentLoop), sending the same messages, as on the thread,
 process and torchrun backends; only their clocks and their links differ.
 
   * Each component has its own clock, in virtual seconds, which advances only
@@ -12,12 +12,20 @@ process and torchrun backends; only their clocks and their links differ.
     flops: of a matrix multiply (torch.utils.flop_counter's formulas), else 0;
     elements: what any other op writes (activations; for Adam's in-place update,
     the tensors it is given);
-    op_us: the fixed cost of one op. --machine GFLOPS GELEMENTS OP_US sets the
-    three; by default they are measured on this machine at start-up
-    (`measure_machine`). Measured against the real thing (one core, batch 50,
-    async_mach's component): own step 3.7 ms real, 3.2 ms priced; answer 5.4/5.0;
-    delayed gradient 2.7/3.0; answering a spike 1.6/1.7; a learn step 1.8/1.0:
-    a middle component's work per step about 15 % under its real time.
+    op_us: the fixed cost of one op. By default (DEFAULT_MACHINE) the prices are
+    fixed: 83.46 GFLOPS, 8.466 Gelem/s, 6.41 us per op, which
+    benchmarks/async_study.py measured (one torch thread, batch 50) on its 2-core
+    VM (AMD EPYC, torch 2.14.1) and calibrated against the process backend;
+    results/benchmarks/async_study.json records them ("machine"). Its probe then
+    took an op's fixed cost from the full-width MLP on one example (which counts
+    elements as op cost); `measure_machine` now uses a 16-wide one. So the same
+    flags give the same numbers on any machine. --machine GFLOPS GELEMENTS OP_US
+    sets the prices by hand; --machine measure probes this machine at the start
+    (`measure_machine`, at --threads) and refuses a result outside PLAUSIBLE
+    (exit 2, nothing kept). Measured against the real thing (one core,
+    batch 50, async_mach's component): own step 3.7 ms real, 3.2 ms priced; answer
+    5.4/5.0; delayed gradient 2.7/3.0; answering a spike 1.6/1.7; a learn step
+    1.8/1.0: a middle component's work per step about 15 % under its real time.
     --speeds scales each component (0.1: ten times slower). Evaluation is off
     the clock (an observer's measurement, not the component's work); encoding
     messages costs nothing (there is none: tensors are handed over).
@@ -34,7 +42,8 @@ process and torchrun backends; only their clocks and their links differ.
     the first message in its inbox arrives or its timeout ends, whichever is
     earlier: it sleeps until then, in virtual time.
   * Deterministic: the same flags and seed give the same numbers, whatever the
-    machine's speed; pass the --machine a run reported to repeat it elsewhere.
+    machine's speed. A run prints its prices as the --machine flag that repeats
+    it anywhere; summary.json records them, and config.json (unless measured).
 """
 import contextlib
 import functools
@@ -50,10 +59,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
+from common.cli import UserError
 from common.models import make_optimizer
 from common.transport import PeerFailure
 
 INBOX_LIMIT = 10_000  # the protocol bounds traffic far below this; a safety net
+# What a probe may find, (low, high); GFLOPS and Gelem/s per torch thread. No CPU core
+# multiplies faster than about 250 GFLOPS (AVX-512, two FMA units, 4 GHz: 256) nor writes
+# 50e9 floats a second; under 1 GFLOPS, 0.1 Gelem/s or over 100 us an op, the machine was
+# too busy to measure. Outside these a probe is a timing artefact, and refused.
+PLAUSIBLE = dict(gflops=(1.0, 250.0), gelements=(0.1, 50.0), op_us=(0.5, 100.0))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -242,26 +257,31 @@ class VirtualWorld:
             self.condition.notify_all()
 
 
-def measure_machine(batch_size, repeats=30):
-    """This machine's three rates (see the module's docstring), from three probes timed
-    here: a forward and backward pass of a component-sized MLP (flops, and the elements
-    of its other ops), an Adam step on its parameters (elements), and the same pass on
-    one example (the fixed cost of its ops). Medians of `repeats` runs each."""
-    torch.manual_seed(0)
-    sizes = (784, 512, 256, 128)
+def mlp_probe(sizes):
+    """Linear layers of these sizes, each followed by a ReLU."""
     layers = [torch.nn.Linear(a, b) for a, b in zip(sizes, sizes[1:])]
-    model = torch.nn.Sequential(*itertools.chain(*((l, torch.nn.ReLU()) for l in layers)))
-    params, x = list(model.parameters()), torch.rand(batch_size, sizes[0])
+    return torch.nn.Sequential(*itertools.chain(*((l, torch.nn.ReLU()) for l in layers)))
+
+
+def measure_machine(batch_size, repeats=30, rounds=5):
+    """This machine's three rates (see the module's docstring), at torch's threads, from
+    three probes timed here: a forward and backward pass of a component-sized MLP
+    (flops, and the elements of its other ops), an Adam step on its parameters
+    (elements), and the same ops on a 16-wide MLP and one example (their fixed cost).
+    Each probe's time is the median of `repeats` runs; each price, the median of
+    `rounds` estimates (a burst of load in one round is outvoted). A price outside
+    PLAUSIBLE raises UserError, naming it and the fix."""
+    torch.manual_seed(0)
+    model, tiny = mlp_probe((784, 512, 256, 128)), mlp_probe((16, 16, 16, 16))
+    params, x = list(model.parameters()), torch.rand(batch_size, 784)
     optimizer = make_optimizer(params, "adam", lr=1e-4)
     for p in params:
         p.grad = torch.zeros_like(p)
-    one_example = x[:1]
-
-    def passes():
-        torch.autograd.grad(model(x).square().mean(), params)
-
-    def tiny_passes():  # the same ops on one example: mostly their fixed cost
-        torch.autograd.grad(model(one_example).square().mean(), params)
+    one_example = torch.rand(1, 16)
+    probes = dict(passes=lambda: torch.autograd.grad(model(x).square().mean(), params),
+                  adam=optimizer.step,
+                  tiny=lambda: torch.autograd.grad(tiny(one_example).square().mean(),
+                                                   list(tiny.parameters())))
 
     def median_seconds(probe):
         times = []
@@ -272,19 +292,36 @@ def measure_machine(batch_size, repeats=30):
         return statistics.median(times)
 
     counts = {}
-    for name, probe in (("passes", passes), ("adam", optimizer.step), ("tiny", tiny_passes)):
+    for name, probe in probes.items():
         for _ in range(5):  # warm up (and Adam makes its state)
             probe()
         with Counting() as counting:
             probe()
-        counts[name] = (counting.flops, counting.elements, counting.ops, median_seconds(probe))
-    ops, seconds = counts["tiny"][2], counts["tiny"][3]
-    per_op = seconds / ops
-    _, elements, ops, seconds = counts["adam"]
-    per_element = max(seconds - ops * per_op, 1e-12) / elements
-    flops, elements, ops, seconds = counts["passes"]
-    per_flop = max(seconds - ops * per_op - elements * per_element, 1e-12) / flops
-    return dict(gflops=round(1e-9 / per_flop, 2), gelements=round(1e-9 / per_element, 3),
-                op_us=round(1e6 * per_op, 2))
+        counts[name] = (counting.flops, counting.elements, counting.ops)
+    estimates = []
+    for _ in range(rounds):
+        seconds = {name: median_seconds(probe) for name, probe in probes.items()}
+        per_op = seconds["tiny"] / counts["tiny"][2]   # its flops and elements: negligible
+        _, elements, ops = counts["adam"]
+        per_element = max(seconds["adam"] - ops * per_op, 1e-15) / elements
+        flops, elements, ops = counts["passes"]
+        per_flop = max(seconds["passes"] - ops * per_op - elements * per_element, 1e-15) / flops
+        estimates.append((1e-9 / per_flop, 1e-9 / per_element, 1e6 * per_op))
+    gflops, gelements, op_us = (statistics.median(e) for e in zip(*estimates))
+    machine = dict(gflops=round(gflops, 2), gelements=round(gelements, 3), op_us=round(op_us, 2))
+    check_plausible(machine, torch.get_num_threads())
+    return machine
 
 
+def check_plausible(machine, threads):
+    """Raise UserError if a measured price is outside PLAUSIBLE (GFLOPS, Gelem/s per thread)."""
+    units = dict(gflops="GFLOPS", gelements="Gelem/s", op_us="us per op")
+    for name, (low, high) in PLAUSIBLE.items():
+        if name != "op_us":
+            high *= threads
+        if not low <= machine[name] <= high:
+            raise UserError(
+                f"--machine measure: this machine measured {machine[name]:g} {units[name]}, "
+                f"outside {low:g} to {high:g} ({threads} torch threads): the probe was misled "
+                "(a busy machine?); rerun on an idle machine, or pass the prices by hand "
+                "(--machine GFLOPS GELEMENTS OP_US), or leave --machine out for the defaults")

@@ -116,3 +116,34 @@ def member_as_mlp(stacked, i):
 def untouched(gradients):
     """No gradient, or an exactly zero one (indexing a stacked loss sends zeros to the others)."""
     return all(g is None or not g.any() for g in gradients)
+
+
+def curve_lines(stdout):
+    """The printed curve lines, each rejoined from its indented continuation lines, all at
+    most 120 characters (common.run_folder.wrap)."""
+    lines = []
+    for line in stdout.splitlines():
+        if line.startswith("iter"):
+            lines.append(line)
+        elif lines and line.startswith(" " * 12) and line.strip() and lines[-1] is not None:
+            lines[-1] += " " + line.strip()
+        else:
+            lines.append(None)
+        assert len(line) <= 120, line
+    return [line for line in lines if line is not None]
+
+
+def assert_stacked_is_one_by_one(model, n, x, y):
+    """A StackedMLP model's losses (all n components at once, what training uses) against
+    its plain loop over components: the same values and the same gradient on every trained
+    parameter, loss by loss (stop-gradients and targets, not just the total)."""
+    def gradients(loss):
+        return torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad],
+                                   retain_graph=True, materialize_grads=True)
+    stacked, plain = model.losses(x, y), model.losses_one_by_one(x, y)
+    for fast, slow in zip(stacked, plain, strict=True):   # the cross-entropies, then the distillations
+        torch.testing.assert_close(fast, slow)
+        for i in range(n):
+            for g_fast, g_slow in zip(gradients(fast[i]), gradients(slow[i]), strict=True):
+                torch.testing.assert_close(g_fast, g_slow)
+    assert any(g.any() for g in gradients(plain[1][-1]))   # the check is not vacuous

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from conftest import ROOT, ctrl_c_reaches_child, read_run, run_script
 
 import async_mach as am
-from common import runtime
+from common import runtime, runtime_flags
 from common.transport import free_port
 
 SCRIPT = "async_mach.py"
@@ -327,6 +327,8 @@ def test_a_slow_child_does_not_hold_its_parent_back(tiny_data, tmp_path):
     (("--speeds", "1", "1", "1"), "--speeds is for the simulated machines: use it with --backend virtual"),
     (("--backend", "virtual", "--speeds", "1", "0.1"), "--speeds gives 2 factors for 3 components"),
     (("--backend", "virtual", "--machine", "1", "0", "1"), "--machine: expected a positive number, got 0"),
+    (("--malformed-component", "3"), "--malformed-component 3: there are only 3 components"),
+    (("--malformed-component", "0"), "--malformed-component sends bytes over gloo: use --backend process"),
 ])
 def test_bad_flags_exit_2_with_one_line(tiny_data, tmp_path, capsys, monkeypatch, flags, message):
     # in-process: argparse and the checks after it run before any data or worker
@@ -352,7 +354,8 @@ def test_help_text_on_every_flag_and_the_test_flags_hidden():
     undocumented = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
     assert undocumented == []
     text = parser.format_help()
-    for hidden in ("--fail-component", "--fail-after", "--slow-component", "--slow-ms"):
+    for hidden in ("--fail-component", "--fail-after", "--slow-component", "--slow-ms",
+                   "--malformed-component"):
         assert hidden not in text
     assert "--embedding-size" in text and "--backend" in text
 
@@ -394,3 +397,48 @@ def test_an_accuracy_is_logged_once_when_it_is_measured_not_repeated(tiny_data, 
         measured = [row[f"acc/{name}"] for row in rows if row.get(f"acc/{name}")]
         assert len(measured) == 2   # step 0 and the final evaluation, each logged once
         assert float(measured[-1]) == pytest.approx(summary["test_accuracy"][name], abs=1e-5)
+
+
+# -- ranks sharing a host, and what arrives from the network ---------------------
+@pytest.mark.parametrize("backend, local, cores, threads", [
+    ("process", None, 2, 1), ("process", None, 16, 5), ("process", None, 4, 1),
+    ("torchrun", "2", 2, 1), ("torchrun", "1", 8, 8), ("torchrun", None, 8, None),   # cannot tell
+    ("thread", None, 8, None), ("virtual", None, 8, None)])
+def test_ranks_on_one_host_share_its_cores_unless_threads_is_given(monkeypatch, backend, local, cores, threads):
+    monkeypatch.setattr(runtime_flags, "host_cores", lambda: cores)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    if local:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    args = argparse.Namespace(backend=backend, components=3, threads=None)
+    runtime_flags.share_cores(args)
+    assert args.threads == threads
+    line = runtime_flags.threads_line("component_0", args)
+    ranks = {None: "3 ranks", "2": "2 ranks", "1": "1 rank"}[local]
+    assert line == (None if threads is None else
+                    f"component_0: {threads} torch thread{'s' * (threads > 1)} "
+                    f"({cores} cores / {ranks} on this host; --threads sets it)")
+    args = argparse.Namespace(backend=backend, components=3, threads=4)   # given: kept, nothing said
+    runtime_flags.share_cores(args)
+    assert args.threads == 4 and runtime_flags.threads_line("component_0", args) is None
+
+
+def test_a_malformed_payload_in_a_live_run_is_counted_dropped_and_the_run_completes(tiny_data, tmp_path):
+    """Component 1 sends component 0 a truncated message over gloo mid-run (a hidden test flag).
+    Without --threads, the launcher says how many torch threads each process got."""
+    out = tmp_path / "run"
+    flags = list(tiny(tiny_data, out, "--backend", "process", "--components", "2",
+                      "--iterations", "40", "--malformed-component", "1"))
+    threads = flags.index("--threads")
+    result = run_script(SCRIPT, *flags[:threads], *flags[threads + 2:])   # no --threads
+    assert result.returncode == 0, result.stderr
+    _, summary, rows = read_run(out)
+    assert summary["status"] == "completed"
+    parts = summary["components"]
+    assert parts["component_0"]["bad_messages"] == 1 and parts["component_1"]["bad_messages"] == 0
+    assert summary["bad_messages"] == 1 and rows[-1]["malformed"] == "1"
+    # dropped, not delivered: every message counted as sent was received, and no more
+    assert sum(c["messages_sent"] for c in parts.values()) == sum(c["messages_received"] for c in parts.values())
+    threads = max(1, runtime_flags.host_cores() // 2)
+    assert (f"component_0 to component_1: {threads} torch thread{'s' * (threads > 1)} each "
+            f"({runtime_flags.host_cores()} cores / 2 ranks on this host; --threads sets it)") in result.stdout
+    assert summary["threads_per_component"] == threads

@@ -1,6 +1,7 @@
 """The loader: every supported layout, gzipped or not, and the clear errors."""
 import gzip
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +119,42 @@ def test_batch_order_does_not_depend_on_the_device(monkeypatch):
 def test_batch_larger_than_data_is_a_user_error():
     with pytest.raises(UserError, match="--batch-size 50"):
         Batches(torch.zeros(20, 1), torch.zeros(20), 50, seed=0)
+
+
+def torchvision_that(monkeypatch, fail):
+    """MNIST's torchvision class replaced: it writes the tiny files into <root>/MNIST/raw, as
+    a download does, or writes one and then fails as torchvision does offline. Returns the roots."""
+    roots = []
+
+    def download(self, root, train=True, download=False):
+        roots.append(root)
+        raw = Path(root) / "MNIST" / "raw"
+        if fail:
+            raw.mkdir(parents=True, exist_ok=True)
+            (raw / "train-images-idx3-ubyte.gz").write_bytes(b"partial")
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://m/, got:\n"
+                               "<urlopen error [Errno 111] Connection refused>\n")
+        make_tiny_dataset(raw, n_train=30, n_test=10, gz=True)
+    monkeypatch.setitem(data_module.TORCHVISION_CLASS, "mnist", type("MNIST", (), {"__init__": download}))
+    return roots
+
+
+def test_a_download_lands_in_data_dir_only_once_complete(tmp_path, monkeypatch):
+    roots = torchvision_that(monkeypatch, fail=False)
+    files = data_module.locate("mnist", tmp_path / "data")
+    assert {p.parent for p in files.values()} == {tmp_path / "data" / "MNIST" / "raw"}
+    assert all(tmp_path not in Path(root).parents for root in roots)  # downloaded elsewhere
+    assert not any(Path(root).exists() for root in roots)             # and cleaned up
+    assert load_data("mnist", tmp_path / "data", torch.device("cpu")).train_x.shape[0] == 30
+
+
+def test_a_failed_download_leaves_nothing_and_says_why_in_one_line(tmp_path, monkeypatch):
+    roots = torchvision_that(monkeypatch, fail=True)
+    with pytest.raises(UserError) as error:
+        data_module.locate("mnist", tmp_path / "data")
+    message = str(error.value)
+    assert "\n" not in message and "one of the folders above" not in message
+    assert "Error downloading train-images-idx3-ubyte.gz: <urlopen error [Errno 111] Connection refused>" in message
+    assert f"copy the four files into --data-dir {tmp_path / 'data'}" in message
+    assert not (tmp_path / "data").exists()
+    assert not any(Path(root).exists() for root in roots)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kgraph_mach
-from conftest import grads, member_as_mlp, member_grads, read_run, run_script, untouched
+from conftest import assert_stacked_is_one_by_one, curve_lines, grads, member_as_mlp, member_grads, read_run, run_script, untouched
 
 LINE = re.compile(r"^iter +\d+ \| epoch +[\d.]+ \| +[\d.]+ s \| acc teacher_0 [\d.]+ teacher_1 [\d.]+ "
                   r"teacher_2 [\d.]+ ensemble [\d.]+ \| loss ce_0 \S+ ce_1 \S+ ce_2 \S+ "
@@ -25,7 +25,7 @@ def test_smoke_run_writes_every_file(tiny_data, tmp_path):
                         "--classroom", classroom, "--iterations", 30, "--eval-every", 15,
                         "--threads", 1, "--out", out)
     assert result.returncode == 0, result.stderr
-    lines = [l for l in result.stdout.splitlines() if l.startswith("iter")]
+    lines = curve_lines(result.stdout)
     assert len(lines) == 2 and all(LINE.match(l) for l in lines), result.stdout
     config, summary, rows = read_run(out)
     assert config["k"] == 3 and config["classroom"] == classroom
@@ -110,6 +110,15 @@ def test_mlp_classroom_reads_the_others_in_order():
     model, distills, t, s = distills_and_reference_embeddings("mlp")
     classroom_1 = member_as_mlp(model.classrooms, 1)(torch.cat([t[0], t[2]], 1))
     torch.testing.assert_close(distills[1], ((classroom_1 - s[1]) ** 2).sum() / 2)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("classroom", kgraph_mach.CLASSROOMS)
+def test_stacked_losses_are_the_one_by_one_formula(classroom, k):
+    """The fast form training uses (all components at once) against the plain loop over
+    components: the same value and the same gradient on every parameter, loss by loss."""
+    model = small_model(k=k, classroom=classroom)   # the frozen classroom's parameters are not compared
+    assert_stacked_is_one_by_one(model, k, torch.randn(7, 20), torch.randint(0, 10, (7,)))
 
 
 def test_ensemble_is_the_mean_of_the_logits():

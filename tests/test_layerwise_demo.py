@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 import layerwise_demo as lw
 from common.data import LazyCache, MemoryBudget
-from common.run_folder import RaceCurve, Run
+from common.race_curve import RaceCurve
+from common.run_folder import Run
 from conftest import read_run, run_script
 
 SCRIPT = "layerwise_demo.py"
@@ -56,7 +57,7 @@ def test_greedy_stage_changes_only_its_block(tmp_path, strategy):
     """The budget gives block 2 all the steps: blocks 1 and 3 and the other heads stay put."""
     args = lw.build_parser().parse_args(["--out", str(tmp_path), "--model", "mlp"])
     data = toy_data()
-    net = lw.build_model("mlp", 10, (1, 28, 28), seed=0, staged=strategy == "staged")
+    net = lw.layerwise_net("mlp", 10, (1, 28, 28), seed=0, staged=strategy == "staged")
     before_blocks, before_heads = snapshot(net.blocks), snapshot(net.heads)
     race = types.SimpleNamespace(data=data, args=args, stage_ends=[0, 3, 3])
     with Run(args, "layerwise_demo", torch.device("cpu")) as run:
@@ -70,7 +71,7 @@ def test_greedy_stage_changes_only_its_block(tmp_path, strategy):
 
 
 def test_decoupled_loss_reaches_only_its_block():
-    net = lw.build_model("lenet", 10, (1, 28, 28), seed=0)
+    net = lw.layerwise_net("lenet", 10, (1, 28, 28), seed=0)
     blocks, heads = net.blocks, net.heads
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8)
     losses = lw.decoupled_losses(blocks, heads, x, y)
@@ -118,7 +119,7 @@ def test_sim_loss_zero_when_the_block_output_is_the_labels():
 
 @pytest.mark.parametrize("strategy", ["sim", "predsim"])
 def test_sim_losses_reach_only_their_block(strategy):
-    net = lw.build_model("lenet", 10, (1, 28, 28), seed=0)
+    net = lw.layerwise_net("lenet", 10, (1, 28, 28), seed=0)
     x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 4
     losses = lw.decoupled_losses(net.blocks, net.heads, x, y, strategy, beta=0.9)
     losses[1][0].backward()
@@ -139,12 +140,144 @@ def test_sim_losses_reach_only_their_block(strategy):
 
 
 def test_truncated_network_is_the_first_blocks_and_their_head():
-    full = lw.build_model("tfcnn", 10, (1, 28, 28), seed=0)
-    two = lw.build_model("tfcnn", 10, (1, 28, 28), seed=0, keep=2)
+    full = lw.layerwise_net("tfcnn", 10, (1, 28, 28), seed=0)
+    two = lw.layerwise_net("tfcnn", 10, (1, 28, 28), seed=0, keep=2)
     assert len(two.blocks) == len(two.heads) == 2
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(two.eval()(x), full.heads[1](full.blocks[1](full.blocks[0](x))))
+
+
+# -- the local-loss paper's blocks: projection, losses before pooling, zero heads -----
+
+def by_hand_similarity(v):
+    """S by its formula: rows centred, scaled to unit length, all their dot products."""
+    v = v - v.mean(1, keepdim=True)
+    v = v / v.norm(dim=1, keepdim=True)
+    return v @ v.T
+
+
+def test_paper_sim_reads_the_projection_before_pooling():
+    """tfcnn with --norm batch --local-before-pool --sim-projection, block 1 written out:
+    a = relu(bn(conv(x))) before the max-pool; sim_1 = mean (S(P a) - S(Y))^2, S of a conv
+    output on each channel's std over positions; head 1 reads avgpool_(4,2)(a); block 2 reads
+    maxpool(a)."""
+    net = lw.layerwise_net("tfcnn", 10, (1, 28, 28), seed=0, norm="batch", before_pool=True,
+                           projection=True).eval()   # eval: BatchNorm's fixed statistics, no dropout
+    x, y = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
+    conv, bn = net.blocks[0][0], net.blocks[0][1]
+    a = torch.relu(F.batch_norm(F.conv2d(x, conv.weight, conv.bias, padding=2), bn.running_mean,
+                                bn.running_var, bn.weight, bn.bias))
+    p = F.conv2d(a, net.projections[0].weight, padding=1)
+    target = by_hand_similarity(F.one_hot(y, 10).float())
+    sim = ((by_hand_similarity(p.flatten(2).std(2)) - target) ** 2).mean()
+    linear = net.heads[0][-1]
+    logits = F.avg_pool2d(a, (4, 2)).flatten(1) @ linear.weight.T + linear.bias
+    losses = lw.decoupled_losses(net.blocks, net.heads, x, y, "predsim", 0.99, net.projections, True)
+    torch.testing.assert_close(losses[0][1], logits)
+    torch.testing.assert_close(losses[0][0], 0.01 * F.cross_entropy(logits, y) + 0.99 * sim)
+    # block 2 goes on from the pooled a, as the whole network does
+    b = net.blocks[1][:3](F.max_pool2d(a, 2))
+    torch.testing.assert_close(losses[1][1], net.heads[1](b))
+    # sim: the same similarity, its readout beside it on sg(a)
+    [first, *_] = lw.decoupled_losses(net.blocks, net.heads, x, y, "sim", 0.99, net.projections, True)
+    torch.testing.assert_close(first[0], F.cross_entropy(logits, y) + sim)
+
+
+def test_paper_dense_projection_and_the_output_layer_after_dropout():
+    """mlp, one block kept, leaky ReLU, dropout: sim_1 = mean (S(a W_p^T) - S(Y))^2 with a before
+    the dropout; the last head, G_K, reads the block's output after it (in training mode)."""
+    net = lw.layerwise_net("mlp", 10, (1, 28, 28), seed=0, keep=1, nonlin="leakyrelu", dropout=0.5,
+                           before_pool=True, projection=True)
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 4
+    linear = net.blocks[0][1]
+    z = x.flatten(1) @ linear.weight.T + linear.bias
+    a = torch.where(z > 0, z, 0.01 * z)
+    sim = ((by_hand_similarity(a @ net.projections[0].weight.T)
+            - by_hand_similarity(F.one_hot(y, 10).float())) ** 2).mean()
+    torch.manual_seed(5)
+    [(loss, logits)] = lw.decoupled_losses(net.blocks, net.heads, x, y, "sim", 0.99, net.projections, True)
+    torch.manual_seed(5)
+    dropped = F.dropout(a, 0.5)   # the same mask: the same random draws
+    head = net.heads[0][-1]
+    assert 0 < (dropped == 0).float().mean() < 1   # a real mask
+    torch.testing.assert_close(logits, dropped @ head.weight.T + head.bias)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, y) + sim)
+
+
+@pytest.mark.parametrize("strategy", ["sim", "predsim"])
+def test_paper_losses_reach_only_their_block_and_projection(strategy):
+    net = lw.layerwise_net("tfcnn", 10, (1, 28, 28), seed=0, norm="batch", before_pool=True,
+                           projection=True, zero_heads=True)
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 4
+    losses = lw.decoupled_losses(net.blocks, net.heads, x, y, strategy, 0.9, net.projections, True)
+    losses[1][0].backward()
+    grads = [any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+             for m in [*net.parts(), *net.projections]]
+    # block 2, its head (sim: its readout's own CE) and its projection; nothing else
+    assert grads == [False, True, False] + [False, True, False] + [False, True, False]
+
+
+@pytest.mark.parametrize("strategy", ["backprop", "predsim"])
+def test_the_learning_rate_steps_down_at_fractions_of_the_budget(tmp_path, monkeypatch, strategy):
+    """Budget 8 steps, --lr-decay-at 0.5 0.75, factor 0.25: steps 0-3 at lr, 4-5 at lr/4, 6-7 at lr/16."""
+    args = lw.build_parser().parse_args(["--out", str(tmp_path), "--model", "mlp", "--lr-decay-at", "0.5", "0.75"])
+    data, seen, make_optimizer = toy_data(), [], lw.make_optimizer
+
+    def watched(*given, **options):
+        optimizer = make_optimizer(*given, **options)
+        optimizer.register_step_pre_hook(lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
+        return optimizer
+    monkeypatch.setattr(lw, "make_optimizer", watched)
+    race = types.SimpleNamespace(data=data, args=args, total=8, stage_ends=[8, 8, 8])
+    net = lw.layerwise_net("mlp", 10, (1, 28, 28), seed=0)
+    with Run(args, "layerwise_demo", torch.device("cpu")) as run:
+        curve = RaceCurve(run, strategy, (data.test_x, data.test_y), 100, budget_steps=True,
+                          every_steps=1000, kind="strategy")
+        batches = iter(lw.Batches(data.train_x, data.train_y, 20, 0))
+        if strategy == "backprop":
+            lw.train_end_to_end(net, curve, batches, watched(net.parameters(), "adam", 1e-3), 8, race)
+        else:
+            lw.train_decoupled(strategy, net, curve, batches, race)
+    assert seen == pytest.approx([1e-3] * 4 + [2.5e-4] * 2 + [6.25e-5] * 2, rel=1e-12)
+
+
+# -- the paper's augmentation ----------------------------------------------------------
+
+def test_crop_flip_by_hand():
+    """A 2x2 image [[1, 2], [3, 4]] padded by one 0 on each side, cropped from (top, left),
+    mirrored where asked."""
+    from common.augment import crop_flip
+    x = torch.tensor([[1.0, 2], [3, 4]]).expand(5, 1, 2, 2)
+    top, left = torch.tensor([0, 2, 1, 1, 0]), torch.tensor([0, 2, 1, 1, 1])
+    flip = torch.tensor([False, False, False, True, True])
+    expected = torch.tensor([[[0, 0], [0, 1]], [[4, 0], [0, 0]], [[1, 2], [3, 4]], [[2, 1], [4, 3]],
+                             [[0, 0], [2, 1]]], dtype=torch.float)
+    torch.testing.assert_close(crop_flip(x, top, left, flip, pad=1)[:, 0], expected)
+    # channels move together; the pad value is `fill`
+    two = torch.stack([x[0, 0], 10 * x[0, 0]])[None]
+    out = crop_flip(two, torch.tensor([0]), torch.tensor([0]), torch.tensor([False]), pad=1, fill=-5.0)
+    torch.testing.assert_close(out[0], torch.tensor([[[-5.0, -5], [-5, 1]], [[-5, -5], [-5, 10]]]))
+
+
+def test_random_crop_flip_is_torchvisions_crop_then_flip():
+    """Reference: torchvision's functional pad, crop and hflip, one image at a time, with the draws
+    the same seeded generator gives."""
+    import torchvision.transforms.functional as TF
+    from common.augment import crop_flip_batches, random_crop_flip
+    x = torch.randn(16, 1, 28, 28)
+    out = random_crop_flip(x, torch.Generator().manual_seed(7), pad=2, fill=-0.8)
+    g = torch.Generator().manual_seed(7)
+    top, left = torch.randint(0, 5, (2, 16), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    assert 0 < flip.sum() < 16 and len(set(top.tolist())) > 1
+    for i in range(16):
+        ref = TF.crop(TF.pad(x[i], [2], fill=-0.8), int(top[i]), int(left[i]), 28, 28)
+        torch.testing.assert_close(out[i], TF.hflip(ref) if flip[i] else ref)
+    # wrapped around a batch stream: the same labels in the same order
+    ys = [torch.arange(4) + k for k in range(3)]
+    served = list(crop_flip_batches(iter([(x[:4], y) for y in ys]), 0, fill=0.0))
+    assert [torch.equal(y, got) for (_, got), y in zip(served, ys)] == [True] * 3
 
 
 # -- maximum difference --------------------------------------------------------------
@@ -299,6 +432,30 @@ def test_step_budget_layer_split_and_finetune(tiny_data, tmp_path):
     assert finetune and all(t >= 0.8 for t in finetune)  # after the local 1.5 - 0.7 s
 
 
+def test_the_papers_recipe_and_blocks_run(tiny_data, tmp_path):
+    """The documented MLP recipe, scaled down to a few steps; then tfcnn with the paper's
+    blocks under every kind of strategy (BatchNorm in frozen, cached and fine-tuned blocks)."""
+    out = tmp_path / "recipe"
+    result = run_script(SCRIPT, "--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1",
+                        "--model", "mlp", "--strategy", "backprop", "sim", "predsim", "--norm", "batch",
+                        "--dropout", "0.025", "--sim-nonlin", "leakyrelu", "--sim-projection",
+                        "--local-before-pool", "--zero-heads", "--lr", "5e-4", "--batch-size", "128",
+                        "--augment", "--epochs", "2", "--eval-every", "4",
+                        "--lr-decay-at", "0.5", "0.75", "0.875", "0.94", "--out", out)
+    assert result.returncode == 0, result.stderr
+    config, summary, _ = read_run(out)
+    assert summary["status"] == "completed" and summary["steps"] == {"backprop": 9, "sim": 9, "predsim": 9}
+    assert config["norm"] == "batch" and config["lr_decay_at"] == [0.5, 0.75, 0.875, 0.94]
+    out = tmp_path / "tfcnn"
+    result = run_script(SCRIPT, "--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1",
+                        "--model", "tfcnn", "--norm", "batch", "--local-before-pool", "--sim-projection",
+                        "--zero-heads", "--strategy", "decoupled", "sim", "staged", "--iterations", "3",
+                        "--batch-size", "16", "--eval-every", "3", "--eval-size", "40", "--out", out)
+    assert result.returncode == 0, result.stderr
+    _, summary, _ = read_run(out)
+    assert all(0 <= a <= 1 for a in summary["test_accuracy"].values()) and len(summary["test_accuracy"]) == 3
+
+
 # -- bad flags -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags, message", [
@@ -311,10 +468,19 @@ def test_step_budget_layer_split_and_finetune(tiny_data, tmp_path):
     (["--layer-budget", "1", "2"], "tfcnn has 3 blocks, got 2 weights"),
     (["--finetune-seconds", "60"], "leaves nothing of --seconds 60"),
     (["--epochs", "1", "--iterations", "5"], "--epochs and --iterations both set"),
+    (["--eval-every", "5", "--eval-seconds", "2"], "--eval-every and --eval-seconds both set"),
     (["--strategy", "maxdiff", "--batch-size", "2"], "use at least 4"),
     (["--blocks", "4"], "--blocks 4: truncates tfcnn (3 blocks)"),
     (["--blocks", "2", "--strategy", "backprop", "staged"], "for --strategy backprop/backprop-sgd only"),
     (["--predsim-beta", "1.5"], "--predsim-beta: expected a number in [0, 1], got 1.5"),
+    (["--norm", "layer"], "invalid choice: 'layer'"),
+    (["--dropout", "2"], "--dropout: expected a number in [0, 1], got 2"),
+    (["--lr-decay-at", "1.5"], "--lr-decay-at: expected a number in [0, 1], got 1.5"),
+    (["--augment"], "--augment/--lr-decay-at: the greedy strategies"),   # --strategy all has them
+    (["--lr-decay-at", "0.5", "--strategy", "backprop", "submodel"], "drop them from --strategy"),
+    (["--model", "lenet", "--sim-nonlin", "leakyrelu"], "lenet has its scaled tanh and no dropout"),
+    (["--model", "lenet", "--dropout", "0"], "lenet has its scaled tanh and no dropout"),
+    (["--norm", "batch", "--batch-size", "1", "--strategy", "backprop"], "BatchNorm needs two examples"),
 ])
 def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:

@@ -43,3 +43,15 @@ def test_folder_without_metrics_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         plots.main([str(tmp_path)])
     assert exit_info.value.code == 2 and "no metrics.csv there" in capsys.readouterr().err
+
+
+def test_methods_on_named_clocks_and_a_single_evaluation(tmp_path):
+    """clock_columns (summary.json) picks each method's clock; one evaluation is one point."""
+    write_metrics(tmp_path / "r", [
+        {"iteration": 5, "train_seconds": 9.0, "sec/mach": 6.0, "sec/backprop": 3.0,
+         "acc/teacher_2": 0.7, "acc/backprop_2": 0.8}])
+    (tmp_path / "r" / "summary.json").write_text(
+        '{"clock_columns": {"teacher_2": "sec/mach", "backprop_2": "sec/backprop"}}')
+    drawn = plots.curves(plots.read_metrics(tmp_path / "r"), plots.clocks_of(tmp_path / "r"))
+    assert drawn == {"teacher_2": ([5.0], [6.0], [0.7]), "backprop_2": ([5.0], [3.0], [0.8])}
+    assert plots.plot_run(tmp_path / "r").stat().st_size > 10_000

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from benchmarks import race
-from common.run_folder import RaceCurve, Run
+from common.race_curve import RaceCurve
+from common.run_folder import Run
 
 NET = "tfcnn"
 METHODS = ["backprop (Adam)", "backprop (SGD)", "staged"]

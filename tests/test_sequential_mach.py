@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import sequential_mach
-from conftest import grads, member_as_mlp, member_grads, read_run, run_script, untouched
+from common import plots
+from conftest import assert_stacked_is_one_by_one, curve_lines, grads, member_as_mlp, member_grads, read_run, run_script, untouched
 
 LINE = re.compile(r"^iter +\d+ \| epoch +[\d.]+ \| +[\d.]+ s \| acc teacher_0 [\d.]+ teacher_1 [\d.]+ "
                   r"chained_1 [\d.]+ backprop_0 [\d.]+ backprop_1 [\d.]+ \| loss ce_0 \S+ ce_1 \S+ "
@@ -24,7 +25,7 @@ def test_smoke_run_with_baseline_writes_every_file(tiny_data, tmp_path):
                         "--n-components", 2, "--iterations", 30, "--eval-every", 15,
                         "--baseline", "--threads", 1, "--out", out)
     assert result.returncode == 0, result.stderr
-    lines = [l for l in result.stdout.splitlines() if l.startswith("iter")]
+    lines = curve_lines(result.stdout)
     assert len(lines) == 2 and all(LINE.match(l) for l in lines), result.stdout
     assert len([l for l in result.stdout.splitlines() if l.startswith("inference")]) == 2
     config, summary, rows = read_run(out)
@@ -40,6 +41,14 @@ def test_smoke_run_with_baseline_writes_every_file(tiny_data, tmp_path):
     clocks = [(float(r["sec/mach"]), float(r["sec/backprop"])) for r in rows]
     assert all(0 < a < b for a, b in zip(clocks[0], clocks[1]))
     assert sum(summary["seconds_per_model"].values()) <= summary["train_seconds"] + 1e-6
+    # each curve drawn on its own model's clock, never on the loop's summed training seconds
+    assert summary["clock_columns"]["backprop_1"] == "sec/backprop"
+    assert summary["clock_columns"]["teacher_1"] == "sec/mach"
+    drawn = plots.curves(plots.read_metrics(out), plots.clocks_of(out))
+    assert drawn["backprop_1"][1] == [float(r["sec/backprop"]) for r in rows]
+    assert drawn["teacher_1"][1] == [float(r["sec/mach"]) for r in rows]
+    assert summary["own_train_seconds"]["backprop_1"] == float(rows[-1]["sec/backprop"])
+    assert "own training" in result.stdout and "backprop_0/backprop_1" in result.stdout
     gap = summary["test_accuracy"]["teacher_1"] - summary["test_accuracy"]["chained_1"]
     assert summary["local_minus_chained"]["teacher_1"] == pytest.approx(gap, abs=1e-5)
     timing = summary["inference_ms"]
@@ -95,6 +104,13 @@ def test_losses_match_a_hand_computation():
     torch.testing.assert_close(cross_entropies, torch.stack(
         [torch.nn.functional.cross_entropy(l0(e0), y),
          torch.nn.functional.cross_entropy(l1(e1), y)]))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_stacked_losses_are_the_one_by_one_formula(n):
+    """The fast form training uses (all components at once) against the plain loop over
+    components: the same value and the same gradient on every parameter, loss by loss."""
+    assert_stacked_is_one_by_one(small_model(n=n), n, torch.randn(7, 20), torch.randint(0, 10, (7,)))
 
 
 def test_teacher_loss_reaches_no_student_and_no_other_teacher():

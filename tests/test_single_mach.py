@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import single_mach
-from conftest import ROOT, ctrl_c_reaches_child, needs_fashion, read_run, run_script
+from conftest import curve_lines, ROOT, ctrl_c_reaches_child, needs_fashion, read_run, run_script
 
 LINE = re.compile(r"^iter +\d+ \| epoch +[\d.]+ \| +[\d.]+ s \| acc teacher [\d.]+ student [\d.]+"
                   r" \| loss ce \S+ distill \S+$")
@@ -21,7 +21,7 @@ def test_smoke_run_writes_every_file(tiny_data, tmp_path):
     result = run_script("single_mach.py", "--data-dir", tiny_data, "--iterations", 40,
                         "--eval-every", 20, "--threads", 1, "--plot", "--out", out)
     assert result.returncode == 0, result.stderr
-    lines = [l for l in result.stdout.splitlines() if l.startswith("iter")]
+    lines = curve_lines(result.stdout)
     assert len(lines) == 2 and all(LINE.match(l) for l in lines), result.stdout
     assert "== single_mach completed: 40 iterations" in result.stdout
     config, summary, rows = read_run(out)

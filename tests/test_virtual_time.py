@@ -1,18 +1,85 @@
 """The virtual-time backend (common/virtual_time.py, async_mach.py --backend virtual):
-deterministic, messages never arrive before their latency, staleness as computed by
-hand, and speeds that slow one machine down."""
+deterministic (at the fixed default prices too), a probe (--machine measure) that refuses
+an implausible machine, messages never arrive before their latency, staleness as computed
+by hand, and speeds that slow one machine down."""
+import json
+
+import pytest
 from conftest import read_run
 
 import async_mach as am
-from common.virtual_time import VirtualWorld
+from common import cli, virtual_time
+from common.runtime_flags import DEFAULT_MACHINE
+from common.virtual_time import VirtualWorld, check_plausible
 
 
-def run_virtual(tiny_data, out, *extra):
-    """async_mach.main in this process (no interpreter to start): the run's folder."""
+def run_virtual(tiny_data, out, *extra, machine=("10", "1", "10")):
+    """async_mach.main in this process (no interpreter to start): the run's folder.
+    machine=None: no --machine flag, the defaults."""
     am.main([str(a) for a in ("--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1",
-                              "--out", out, "--backend", "virtual", "--machine", "10", "1", "10",
+                              "--out", out, "--backend", "virtual", *(("--machine", *machine) if machine else ()),
                               "--eval-every", "10", "--log-seconds", "0.05", *extra)])
     return read_run(out)
+
+
+def test_the_default_command_twice_gives_the_same_numbers_at_the_default_prices(tiny_data, tmp_path, capsys):
+    # no --machine: fixed prices, not a probe of this (loaded, shared) machine
+    runs = [run_virtual(tiny_data, tmp_path / name, "--components", "3", "--iterations", "15",
+                        machine=None) for name in ("a", "b")]
+    (_, a, rows_a), (_, b, rows_b) = runs
+    assert rows_a == rows_b and len(rows_a) > 3   # accuracies and virtual times, line by line
+    assert a["components"] == b["components"] and a["test_accuracy"] == b["test_accuracy"]
+    assert [c["steps"] for c in a["components"].values()] == [15, 15, 15]
+    assert a["machine"] == b["machine"] == DEFAULT_MACHINE
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["machine"] == list(DEFAULT_MACHINE.values())
+    prices = " ".join(f"{v:g}" for v in DEFAULT_MACHINE.values())
+    out = capsys.readouterr().out
+    assert out.count(f"(the defaults); the same numbers elsewhere: the same flags with --machine {prices}\n") == 2
+    assert f"default: {prices}," in " ".join(am.build_parser().format_help().split())
+
+
+def test_measure_probes_this_machine_and_prints_the_flag_that_repeats_the_run(tiny_data, tmp_path, capsys):
+    try:
+        summary = run_virtual(tiny_data, tmp_path / "run", "--components", "2", "--iterations", "3",
+                              machine=("measure",))[1]
+    except cli.UserError as error:   # refused: tested below, where the bounds are forced
+        pytest.skip(f"this machine was too busy to measure: {error}")
+    machine = summary["machine"]
+    for name, (low, high) in virtual_time.PLAUSIBLE.items():
+        assert low <= machine[name] <= high   # one thread
+    prices = " ".join(f"{v:.15g}" for v in machine.values())
+    assert f"(measured here); the same numbers elsewhere: the same flags with --machine {prices}\n" \
+        in capsys.readouterr().out
+
+
+def test_an_implausible_probe_is_refused_and_the_run_leaves_nothing(tiny_data, tmp_path, monkeypatch):
+    # the issue's probes on a 2-core machine: 21,979 GFLOPS; op_us 2331 under load
+    for machine, figure in ((dict(gflops=21979.0, gelements=8.0, op_us=6.0), "measured 21979 GFLOPS"),
+                            (dict(gflops=80.0, gelements=8.0, op_us=2331.0), "measured 2331 us per op")):
+        with pytest.raises(cli.UserError, match=figure) as refused:
+            check_plausible(machine, threads=2)
+        assert "rerun on an idle machine" in str(refused.value) and "--machine GFLOPS" in str(refused.value)
+    monkeypatch.setitem(virtual_time.PLAUSIBLE, "op_us", (1e6, 1e7))   # no machine is this slow
+    with pytest.raises(cli.UserError, match=r"us per op, outside 1e\+06 to 1e\+07"):
+        run_virtual(tiny_data, tmp_path / "run", "--iterations", "3", machine=("measure",))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--machine", "measure", "1"), "--machine measure 1: give three prices, GFLOPS GELEMENTS OP_US, or `measure`"),
+    (("--machine", "1", "2"), "--machine 1 2: give three prices"),
+    (("--machine", "fast", "1", "2"), "--machine: expected a positive number, got 'fast'"),
+    (("--machine", "1", "0", "1"), "--machine: expected a positive number, got 0"),
+])
+def test_a_bad_machine_exits_2_with_one_line(tiny_data, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        am.main(["--dataset", "mnist", "--data-dir", str(tiny_data), "--out", str(tmp_path / "run"),
+                 "--backend", "virtual", *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_same_seed_gives_the_same_numbers(tiny_data, tmp_path, capsys):
