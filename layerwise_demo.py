@@ -154,7 +154,6 @@ if __name__ == "__main__":  # a bad flag is refused before the 2-3 s of `import 
     cli.check_flags(build_parser())
 import torch
 import torch.nn.functional as F
-from torch import nn
 from common.augment import crop_flip_batches
 from common.data import Batches, LazyCache, MemoryBudget, load_data
 from common.layerwise_models import BLOCK_MODELS, layerwise_net, split_tail
@@ -218,7 +217,7 @@ def decoupled_losses(blocks, heads, x, y, strategy="decoupled", beta=0.99, proje
     h_k = tail(a_k) (pooling, dropout; G_K reads h_K); projections: sim_k on S(P_k a_k). Returns [(loss, logits)]."""
     out, h = [], x
     for k, (block, head) in enumerate(zip(blocks, heads)):
-        body, tail = split_tail(block) if before_pool else (block, nn.Sequential())
+        body, tail = split_tail(block) if before_pool else (block, torch.nn.Identity())
         a = body(h.detach())
         h = tail(a)
         read = h if k == len(blocks) - 1 else a

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.synthgrad_transport import channel_round_trips, http_round_trips  # noqa: E402
 from common import cli  # noqa: E402
 from common.run_folder import hardware  # noqa: E402
-from common.transport import free_port  # noqa: E402
+from common.rendezvous import free_port  # noqa: E402
 
 WARMUP = 50
 

@@ -41,6 +41,8 @@ def monitor(run, board, K, log_seconds, alive=None):
     check_faults = fault_watch(board, K, alive)
     while not board.check([f"ready/{i}" for i in range(K)]):
         check_faults()
+        run.still_working(lambda: f"starting the components: {sum(board.check([f'ready/{i}']) for i in range(K))}"
+                                  f" of {K} ready (each loads its data first)")
         time.sleep(0.01)  # as often as the components look: the clocks start within a poll
     run.restart_clock()
     log = MergedLog(run, board, K)

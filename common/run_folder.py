@@ -139,8 +139,9 @@ class Run:
 
     def still_working(self, what):
         """Without a progress bar (no terminal), a line at least every 10 s of wall time,
-        so that a log or a CI job never looks hung."""
+        so that a log or a CI job never looks hung. `what`: a text, or a function making it."""
         if self.progress.disable and time.perf_counter() - self.last_line >= 10:
+            what = what() if callable(what) else what
             self.print(f"... {what}, {time.perf_counter() - self.wall_start:.0f} s wall")
 
     # -- logging --------------------------------------------------------------

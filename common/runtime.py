@@ -62,7 +62,8 @@ from common import cli
 from common.monitor import ComponentFailed, MergedLog, fault_watch, monitor
 from common.pulse import Stopped, component_log, run_worker
 from common.runtime_flags import threads_line
-from common.transport import DictBoard, GlooTransport, ThreadTransport, connect_store, free_port, interface_towards
+from common.rendezvous import DictBoard, connect_store, free_port, interface_towards
+from common.transport import GlooTransport, ThreadTransport
 
 
 def rank(args):
@@ -146,6 +147,7 @@ def run_virtual(run, args, make_worker, data, device):
     try:
         while world.next_turn():
             check_faults()
+            run.still_working(lambda: f"simulating: {world.now():.1f} virtual s")
             if world.now() >= next_line:
                 log()
                 next_line += args.log_seconds

@@ -17,7 +17,8 @@ Two planes:
         parse is counted and dropped.
   * a board (the control plane): a small key-value store where components
     post their progress reports, failures and the stop signal. Threads use a
-    dict; processes use torch.distributed's TCPStore (the rendezvous store).
+    dict; processes use torch.distributed's TCPStore, the rendezvous store
+    (both in common/rendezvous.py).
 
 Each transport also carries its component's clock (`transport.clock`): wall
 time here (WALL_CLOCK); virtual time in the simulator (common/virtual_time.py),
@@ -36,7 +37,6 @@ import json
 import math
 import queue
 import random
-import socket
 import threading
 import time
 
@@ -51,86 +51,8 @@ class PeerFailure(RunFailed):
     """A neighbour went silent or its link broke: the run failed (one line, exit 1)."""
 
 
-def interface_towards(address):
-    """The local network interface whose address routes to `address` (IPv4), or None.
-
-    gloo picks its interface from the host name, which many machines resolve to
-    127.0.0.1: a rank on another host then cannot reach it. The route to the
-    master is the interface the other hosts can reach us on.
-    """
-    import fcntl
-    import struct
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect((socket.gethostbyname(address), 9))   # UDP: picks a route, sends nothing
-            local = probe.getsockname()[0]
-            for _, name in socket.if_nameindex():
-                request = struct.pack("256s", name[:15].encode())
-                try:   # SIOCGIFADDR: the interface's IPv4 address
-                    if socket.inet_ntoa(fcntl.ioctl(probe.fileno(), 0x8915, request)[20:24]) == local:
-                        return name
-                except OSError:
-                    continue
-    except OSError:
-        return None
-    return None
-
-
-def _first_line(error):
+def first_line(error):
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-
-
-def free_port(host="127.0.0.1"):
-    """A TCP port that is free on `host` now (bind to port 0 and ask)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-# -- the board ----------------------------------------------------------------
-class DictBoard:
-    """The board for threads: a dict behind a lock, with TCPStore's calls."""
-
-    def __init__(self):
-        self.values, self.lock = {}, threading.Lock()
-
-    def set(self, key, value):
-        with self.lock:
-            self.values[key] = value if isinstance(value, bytes) else str(value).encode()
-
-    def get(self, key):
-        with self.lock:
-            return self.values[key]
-
-    def check(self, keys):
-        with self.lock:
-            return all(k in self.values for k in keys)
-
-
-_LISTENING = []   # the server sockets, alive as long as the process
-
-
-def connect_store(host, port, is_master, timeout_s):
-    """A TCPStore on host:port: the server if is_master, else a client.
-
-    TCPStore's own server listens on every interface; the server here listens
-    on `host` only (127.0.0.1 unless the user names another address), through
-    a socket bound by us and handed over as master_listen_fd.
-    """
-    timeout = datetime.timedelta(seconds=timeout_s)
-    if not is_master:
-        try:
-            return torch.distributed.TCPStore(host, port, is_master=False, timeout=timeout)
-        except (RuntimeError, TimeoutError) as error:   # c10d's DistNetworkError is a RuntimeError
-            raise PeerFailure(f"cannot reach the rendezvous store at {host}:{port} within {timeout_s:g} s "
-                              f"({_first_line(error)}); is the master up and reachable?") from None
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen(128)
-    _LISTENING.append(listener)
-    return torch.distributed.TCPStore(host, port, is_master=True, wait_for_workers=False,
-                                      timeout=timeout, master_listen_fd=listener.fileno())
 
 
 # -- encoding -----------------------------------------------------------------
@@ -311,7 +233,7 @@ class GlooTransport:
                                     timeout=datetime.timedelta(seconds=join_timeout_s))
         except (RuntimeError, TimeoutError) as error:
             raise PeerFailure(f"rank {rank}: the {world_size} ranks did not all join within {join_timeout_s:g} s "
-                              f"({_first_line(error)}); are the others started, and can they reach "
+                              f"({first_line(error)}); are the others started, and can they reach "
                               "this host?") from None
         self.inbox = _Inbox(latency_s, jitter_s, seed * 1000 + rank)
         self.send_lock = threading.Lock()
@@ -363,7 +285,7 @@ class GlooTransport:
                         raise RuntimeError(f"no progress for {self.timeout_s:g} s")
             except RuntimeError as error:  # the link broke: the peer is the likely cause, not us
                 raise PeerFailure(f"component_{dst} unreachable: a message to it failed or made no progress "
-                                  f"for {self.timeout_s:g} s ({_first_line(error)})") from None
+                                  f"for {self.timeout_s:g} s ({first_line(error)})") from None
 
     def receive(self, timeout=0.0):
         message = self.inbox.get(timeout)

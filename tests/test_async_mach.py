@@ -18,7 +18,7 @@ from conftest import ROOT, ctrl_c_reaches_child, read_run, run_script
 
 import async_mach as am
 from common import runtime, runtime_flags
-from common.transport import free_port
+from common.rendezvous import free_port
 
 SCRIPT = "async_mach.py"
 

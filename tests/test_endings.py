@@ -15,7 +15,7 @@ from conftest import ROOT, read_run
 
 SCRIPTS = ("single_mach.py", "sequential_mach.py", "kgraph_mach.py", "async_mach.py",
            "synthgrad_demo.py", "layerwise_demo.py")
-NO_TORCH_YET = tuple(s for s in SCRIPTS if s != "async_mach.py")  # its flags live in common.runtime
+NO_TORCH_YET = SCRIPTS   # every script checks its flags before it imports torch
 
 
 def shell(script, *args, cwd, env=None, timeout=120):
@@ -165,6 +165,8 @@ def test_a_bad_flag_is_refused_before_torch(script, tmp_path, no_torch):
     ("layerwise_demo.py", ("--model", "resnet"), "argument --model: invalid choice: 'resnet'"),
     ("kgraph_mach.py", ("--k", "1"), "a graph needs at least 2 components"),
     ("single_mach.py", ("--init", "xavier"), "argument --init: invalid choice: 'xavier'"),
+    ("async_mach.py", ("--backend", "virtual", "--machine", "1", "2"), "give three prices"),
+    ("async_mach.py", ("--speeds", "1"), "--speeds is for the simulated machines"),
 ])
 def test_script_checks_before_torch(script, flags, message, tmp_path, no_torch):
     assert message in one_error_line(shell(script, *flags, cwd=tmp_path, env=no_torch), script)
