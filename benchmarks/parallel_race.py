@@ -40,9 +40,7 @@ updates stay exactly backprop's; BatchNorm's would not); its Adam learning rate 
 (at 1e-3 it stalls at chance); dni's modules and heads are synthgrad_demo's, its layers all
 at --lr (synthgrad_demo scales DNI's down); ddg keeps a copy of a stage's weights per batch
 in flight, so its delayed gradient is the paper's, taken at the weights of the forward pass.
-Measured so far: only --quick, on a shared 2-core VM (104 s; at width 256 and 150 steps on
-Fashion-MNIST the synchronous methods, dgl, predsim and ddg reach 80 %, cdni 67 %, dni 33 %;
-the timings of a shared machine are not the race's).
+What has been measured: benchmarks/README.md (generated from the JSON).
 """
 import os
 import sys
@@ -233,7 +231,7 @@ def run_cell(args, config, factor, seed):
                 peak_activations=summary.get("peak_activation_bytes"),
                 curve=[(float(r["train_seconds"]), float(r["acc/network"])) for r in points],
                 wall_seconds=round(time.perf_counter() - began, 1),
-                command=" ".join(["python", "benchmarks/parallel_race.py", *command[2:]]))
+                command=" ".join(["python", "benchmarks/parallel_race.py", *command[2:-2]]))   # no --out: it is ours
     reached = ", ".join(f"{t}: {'-' if v is None else f'{v:.1f} s'}" for t, v in cell["seconds"].items())
     print(f"  {key(config, factor, seed)}: {reached}, final {cell['final']:.4f}, "
           f"{cell['steps_per_second']} steps/s, wall {cell['wall_seconds']:.0f} s", flush=True)

@@ -30,8 +30,8 @@ SEEDS = (0, 1, 2)
 BENCHMARKS = {
     "data_path": ([], ["--steps", "50", "--samples", "10000"]),
     "compute_efficiency": (["--compile"], ["--seconds", "0.3", "--repeats", "1", "--scripts", "single_mach"]),
-    "message_cost": ([], ["--messages", "100"]),
-    "synthgrad_transport": (["--plot"], ["--skip-training", "--messages", "100"]),
+    "message_cost": ([], ["--messages", "10"]),
+    "synthgrad_transport": (["--plot"], ["--skip-training", "--messages", "10"]),
     "async_efficiency": (["--plot"], None),
     "async_study": (["--plot"], None),
     "race": (["--plot"], None),   # only the cells not yet in its JSON (about three hours from scratch)

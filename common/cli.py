@@ -213,7 +213,7 @@ def setup(parser, script, argv=None, validate=None):
     downloaded here, or refused, before anything else happens.
     """
     import torch
-    from common.data import locate  # common.data imports torch and torchvision
+    from common.data import locate  # common.data imports torch
 
     args = parser.parse_args(argv)
     if args.out is None:

@@ -28,12 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision import datasets
 
 from common.cli import UserError
 
-TORCHVISION_CLASS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST,
-                     "kmnist": datasets.KMNIST}
+TORCHVISION_NAME = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
 DEBIAN_DIR = Path("/usr/share/datasets")
 DEBIAN_PACKAGE = {"fashion-mnist": "dataset-fashion-mnist"}
 SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -58,7 +56,7 @@ class Data:
 
 def search_dirs(name, data_dir):
     data_dir = Path(data_dir)
-    return [data_dir, data_dir / "raw", data_dir / TORCHVISION_CLASS[name].__name__ / "raw",
+    return [data_dir, data_dir / "raw", data_dir / TORCHVISION_NAME[name] / "raw",
             DEBIAN_DIR / name]
 
 
@@ -104,6 +102,13 @@ def read_idx(path, expected_ndim):
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
 
 
+def torchvision_dataset(name):
+    """torchvision's dataset class for `name`, imported only when a download is needed:
+    `import torchvision` costs every process (and every spawned component) 1.4 s."""
+    from torchvision import datasets
+    return getattr(datasets, TORCHVISION_NAME[name])
+
+
 def locate(name, data_dir):
     """The four IDX paths, found on disk or downloaded with torchvision; UserError if neither."""
     places = search_dirs(name, data_dir)
@@ -116,7 +121,7 @@ def locate(name, data_dir):
         try:  # torchvision prints a line per file and mirror it tries on stdout; not ours to show
             with contextlib.redirect_stdout(io.StringIO()):
                 for train in (True, False):
-                    TORCHVISION_CLASS[name](root=temporary, train=train, download=True)
+                    torchvision_dataset(name)(root=temporary, train=train, download=True)
         except Exception as error:  # torchvision raises RuntimeError/URLError/OSError offline
             raise UserError(not_found(name, data_dir, places, error)) from None
         try:

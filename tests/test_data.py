@@ -42,10 +42,8 @@ def offline(monkeypatch):
     """Make torchvision's download fail as it does without a network."""
     def refuse(self, *args, **kwargs):
         raise urllib.error.URLError("no network")
-    for name, cls in list(data_module.TORCHVISION_CLASS.items()):
-        # same class name, so the searched folder <dir>/<TorchvisionName>/raw is unchanged
-        monkeypatch.setitem(data_module.TORCHVISION_CLASS, name,
-                            type(cls.__name__, (), {"__init__": refuse}))
+    monkeypatch.setattr(data_module, "torchvision_dataset",
+                        lambda name: type(data_module.TORCHVISION_NAME[name], (), {"__init__": refuse}))
 
 
 def test_missing_data_lists_places_and_fixes(tmp_path, monkeypatch):
@@ -135,7 +133,7 @@ def torchvision_that(monkeypatch, fail):
             raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://m/, got:\n"
                                "<urlopen error [Errno 111] Connection refused>\n")
         make_tiny_dataset(raw, n_train=30, n_test=10, gz=True)
-    monkeypatch.setitem(data_module.TORCHVISION_CLASS, "mnist", type("MNIST", (), {"__init__": download}))
+    monkeypatch.setattr(data_module, "torchvision_dataset", lambda name: type("MNIST", (), {"__init__": download}))
     return roots
 
 

@@ -406,12 +406,10 @@ def test_every_strategy_runs_and_writes_its_files(tiny_data, tmp_path):
 
 
 def test_step_budget_layer_split_and_finetune(tiny_data, tmp_path):
-    out = tmp_path / "steps"
-    result = run_script(SCRIPT, "--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1",
-                        "--model", "mlp", "--strategy", "backprop", "submodel",
-                        "--iterations", "12", "--layer-budget", "1", "1", "2",
-                        "--eval-every", "3", "--out", out)
-    assert result.returncode == 0, result.stderr
+    out = tmp_path / "steps"   # in this process: a subprocess would spend its time importing torch
+    lw.main(["--dataset", "mnist", "--data-dir", str(tiny_data), "--model", "mlp", "--strategy", "backprop",
+             "submodel", "--iterations", "12", "--layer-budget", "1", "1", "2", "--eval-every", "3",
+             "--out", str(out)])
     _, summary, rows = read_run(out)
     assert summary["steps"] == {"backprop": 12, "submodel": 12}
     assert summary["stage_ends"] == [3, 6, 12]
@@ -435,23 +433,21 @@ def test_step_budget_layer_split_and_finetune(tiny_data, tmp_path):
 def test_the_papers_recipe_and_blocks_run(tiny_data, tmp_path):
     """The documented MLP recipe, scaled down to a few steps; then tfcnn with the paper's
     blocks under every kind of strategy (BatchNorm in frozen, cached and fine-tuned blocks)."""
-    out = tmp_path / "recipe"
-    result = run_script(SCRIPT, "--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1",
-                        "--model", "mlp", "--strategy", "backprop", "sim", "predsim", "--norm", "batch",
-                        "--dropout", "0.025", "--sim-nonlin", "leakyrelu", "--sim-projection",
-                        "--local-before-pool", "--zero-heads", "--lr", "5e-4", "--batch-size", "128",
-                        "--augment", "--epochs", "2", "--eval-every", "4",
-                        "--lr-decay-at", "0.5", "0.75", "0.875", "0.94", "--out", out)
-    assert result.returncode == 0, result.stderr
+    out = tmp_path / "recipe"   # in this process: a subprocess would spend its time importing torch
+    lw.main(["--dataset", "mnist", "--data-dir", str(tiny_data),
+             "--model", "mlp", "--strategy", "backprop", "sim", "predsim", "--norm", "batch",
+             "--dropout", "0.025", "--sim-nonlin", "leakyrelu", "--sim-projection",
+             "--local-before-pool", "--zero-heads", "--lr", "5e-4", "--batch-size", "128",
+             "--augment", "--epochs", "2", "--eval-every", "4",
+             "--lr-decay-at", "0.5", "0.75", "0.875", "0.94", "--out", str(out)])
     config, summary, _ = read_run(out)
     assert summary["status"] == "completed" and summary["steps"] == {"backprop": 9, "sim": 9, "predsim": 9}
     assert config["norm"] == "batch" and config["lr_decay_at"] == [0.5, 0.75, 0.875, 0.94]
     out = tmp_path / "tfcnn"
-    result = run_script(SCRIPT, "--dataset", "mnist", "--data-dir", tiny_data, "--threads", "1",
-                        "--model", "tfcnn", "--norm", "batch", "--local-before-pool", "--sim-projection",
-                        "--zero-heads", "--strategy", "decoupled", "sim", "staged", "--iterations", "3",
-                        "--batch-size", "16", "--eval-every", "3", "--eval-size", "40", "--out", out)
-    assert result.returncode == 0, result.stderr
+    lw.main(["--dataset", "mnist", "--data-dir", str(tiny_data),
+             "--model", "tfcnn", "--norm", "batch", "--local-before-pool", "--sim-projection",
+             "--zero-heads", "--strategy", "decoupled", "sim", "staged", "--iterations", "3",
+             "--batch-size", "16", "--eval-every", "3", "--eval-size", "40", "--out", str(out)])
     _, summary, _ = read_run(out)
     assert all(0 <= a <= 1 for a in summary["test_accuracy"].values()) and len(summary["test_accuracy"]) == 3
 
