@@ -77,6 +77,12 @@ class Stream:
         self.from_above = link(rank + 1, self.out_shape, False, True) if back and not self.last else None
         self.to_below = link(rank - 1, self.in_shape, False, False) if back and not self.first else None
 
+    def train_body(self):
+        """dni, cdni, ddg: the body learns (and the last stage's head: a lower stage's is unused)."""
+        self.trained = [self.body, self.head] if self.last else [self.body]
+        self.optimizer = make_optimizer([p for m in self.trained for p in m.parameters()], self.args.optimizer,
+                                        self.args.lr)
+
     def input(self, index):
         """x for the first stage; else the next activation from below (or the one prefetched)."""
         if self.first:
@@ -145,8 +151,7 @@ class Synthetic(Stream):
 
     def __init__(self, args, net, rank, data, timeline, meter):
         super().__init__(args, net, rank, data, timeline, meter)
-        self.trained = [self.body, self.head] if self.last else [self.body]   # a lower stage's head: unused
-        self.optimizer = make_optimizer([p for m in self.trained for p in m.parameters()], args.optimizer, args.lr)
+        self.train_body()
         if not self.last:
             size = torch.Size(self.out_shape).numel()   # M_k reads and predicts h_k flattened
             conditioned = args.method == "cdni"
@@ -201,8 +206,7 @@ class Delayed(Stream):
 
     def __init__(self, args, net, rank, data, timeline, meter):
         super().__init__(args, net, rank, data, timeline, meter)
-        self.trained = [self.body, self.head] if self.last else [self.body]   # a lower stage's head: unused
-        self.optimizer = make_optimizer([p for m in self.trained for p in m.parameters()], args.optimizer, args.lr)
+        self.train_body()
         self.pending, self.limit = collections.deque(), args.K - rank
 
     def step(self, index, y, last):
