@@ -358,7 +358,7 @@ def prices(spec, recorded, path):
     other than the `recorded` prices of the cells already in the JSON."""
     import torch
     from common.runtime_flags import DEFAULT_MACHINE
-    from common.virtual_time import measure_machine
+    from common.machine_prices import measure_machine
     torch.set_num_threads(1)  # as the cells run (--threads 1)
     if spec not in (None, ["measure"]) and (len(spec) != 3 or "measure" in spec):
         raise cli.UserError("--machine-speed: give three prices, GFLOPS GELEMENTS OP_US, or `measure`")

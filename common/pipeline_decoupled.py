@@ -99,17 +99,21 @@ class Stream:
             if link is not None:
                 link.flush()
 
+    def descend(self, loss):
+        """Backward and one optimizer step, each a span of the timeline; keep the loss."""
+        with self.timeline.span("compute", "backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with self.timeline.span("compute", "update"):
+            self.optimizer.step()
+        self.loss = loss.item()
+
     def last_stage_step(self, x, y):
         """Backprop on the last stage's part, from its input: returns dL/dh_{K-2} (or None)."""
         span = self.timeline.span
         with span("compute", "forward"):
             loss = F.cross_entropy(self.head(self.body(x)), y)
-        with span("compute", "backward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        with span("compute", "update"):
-            self.optimizer.step()
-        self.loss = loss.item()
+        self.descend(loss)
         return x.grad
 
     def eval_parts(self):
@@ -135,12 +139,7 @@ class Local(Stream):
                                            self.args.predsim_beta)
         if self.outbox:
             self.outbox.send(self.h)   # on before our own backward: the stage above starts now
-        with span("compute", "backward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        with span("compute", "update"):
-            self.optimizer.step()
-        self.loss = loss.item()
+        self.descend(loss)
         if last:
             self.finish()
 

@@ -124,7 +124,8 @@ def run_virtual(run, args, make_worker, data, device):
     but only the one with the earliest virtual clock runs, one turn at a time. The run's clock
     is virtual (the earliest component's); summary.real_seconds is what the simulation took."""
     from common.runtime_flags import DEFAULT_MACHINE
-    from common.virtual_time import VirtualWorld, measure_machine
+    from common.machine_prices import measure_machine
+    from common.virtual_time import VirtualWorld
     K, board, began = args.components, DictBoard(), time.perf_counter()
     measured = args.machine == ["measure"]  # else validate() put the defaults or the given prices there
     machine = (measure_machine(args.batch_size) if measured

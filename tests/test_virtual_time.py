@@ -8,9 +8,10 @@ import pytest
 from conftest import read_run
 
 import async_mach as am
-from common import cli, virtual_time
+from common import cli, machine_prices
 from common.runtime_flags import DEFAULT_MACHINE
-from common.virtual_time import VirtualWorld, check_plausible
+from common.machine_prices import check_plausible
+from common.virtual_time import VirtualWorld
 
 
 def run_virtual(tiny_data, out, *extra, machine=("10", "1", "10")):
@@ -46,7 +47,7 @@ def test_measure_probes_this_machine_and_prints_the_flag_that_repeats_the_run(ti
     except cli.UserError as error:   # refused: tested below, where the bounds are forced
         pytest.skip(f"this machine was too busy to measure: {error}")
     machine = summary["machine"]
-    for name, (low, high) in virtual_time.PLAUSIBLE.items():
+    for name, (low, high) in machine_prices.PLAUSIBLE.items():
         assert low <= machine[name] <= high   # one thread
     prices = " ".join(f"{v:.15g}" for v in machine.values())
     assert f"(measured here); the same numbers elsewhere: the same flags with --machine {prices}\n" \
@@ -60,7 +61,7 @@ def test_an_implausible_probe_is_refused_and_the_run_leaves_nothing(tiny_data, t
         with pytest.raises(cli.UserError, match=figure) as refused:
             check_plausible(machine, threads=2)
         assert "rerun on an idle machine" in str(refused.value) and "--machine GFLOPS" in str(refused.value)
-    monkeypatch.setitem(virtual_time.PLAUSIBLE, "op_us", (1e6, 1e7))   # no machine is this slow
+    monkeypatch.setitem(machine_prices.PLAUSIBLE, "op_us", (1e6, 1e7))   # no machine is this slow
     with pytest.raises(cli.UserError, match=r"us per op, outside 1e\+06 to 1e\+07"):
         run_virtual(tiny_data, tmp_path / "run", "--iterations", "3", machine=("measure",))
     assert not (tmp_path / "run").exists()
