@@ -25,7 +25,8 @@ sleeps: with spinning, one-process backprop ran up to 12x slower under load).
 
 The race (no subcommand) runs those commands as subprocesses: per network and method, the
 learning rate tuned on seed 0 over --factors x --lr (the best reaches the highest target
-first, as benchmarks/race.py scores), then --seeds; one row per (network, method, K,
+first, as benchmarks/race.py scores; gpipe, 1f1b, ddp and 2-thread backprop compute 1-thread
+backprop's update, so they take its rate), then --seeds; one row per (network, method, K,
 schedule, microbatches) in <json> (results/benchmarks/parallel_race.json) with the seconds
 to each target per seed (null: not reached), final accuracy, steps/s of the busiest rank,
 bubble and peak activations per rank, the ratio to the best synchronous method (gpipe,
@@ -33,12 +34,13 @@ bubble and peak activations per rank, the ratio to the best synchronous method (
 they finish: a stopped race resumes.
 
     python benchmarks/parallel_race.py --quick      # every method at K = 2, tiny: < 3 min
-    python benchmarks/parallel_race.py              # K = 2, 3 seeds, 50 runs: about 6 h (estimated), alone
+    python benchmarks/parallel_race.py              # K = 2, 3 seeds, 48 runs of 1200 steps: ~2 h, alone
 
 Deviations and choices: the mlp's norm is LayerNorm (per example: the pipelined and DDP
 updates stay exactly backprop's; BatchNorm's would not); its Adam learning rate is 1e-4
-(at 1e-3 it stalls at chance); dni's modules and heads are synthgrad_demo's, its layers all
-at --lr (synthgrad_demo scales DNI's down); ddg keeps a copy of a stage's weights per batch
+(at 1e-3 it stalls at chance); dni's modules and heads are synthgrad_demo's, and its stages below
+the last learn at --lr x --sg-scale 0.03 (at 1, seed 0, the network fell to chance within 50
+steps; 0.1, 0.03 and 0.01 learnt, as synthgrad_demo scales DNI's layers down); ddg keeps a copy of a stage's weights per batch
 in flight, so its delayed gradient is the paper's, taken at the weights of the forward pass.
 What has been measured: benchmarks/README.md (generated from the JSON).
 """
@@ -55,11 +57,11 @@ SYNC = ("gpipe", "1f1b", "ddp")
 DECOUPLED = ("dgl", "predsim", "dni", "cdni", "ddg")
 METHODS = ("backprop",) + SYNC + DECOUPLED
 ONLY_FOR = {"microbatches": ("gpipe", "1f1b"), "queue": DECOUPLED, "sg_lr": ("dni", "cdni"),
-            "sg_hidden": ("dni",), "predsim_beta": ("predsim",)}   # method flags, default None
-DEFAULTS = dict(queue=2, sg_lr=1e-3, sg_hidden=256, predsim_beta=0.99)   # microbatches: 2K
+            "sg_scale": ("dni", "cdni"), "sg_hidden": ("dni",), "predsim_beta": ("predsim",)}   # method flags, default None
+DEFAULTS = dict(queue=2, sg_lr=1e-3, sg_scale=0.03, sg_hidden=256, predsim_beta=0.99)   # microbatches: 2K
 SCHEDULE = {"gpipe": "GPipe", "1f1b": "1F1B"}
 NETWORKS = {   # Adam's learning rate (at 1e-3 the 16-block mlp stalls at chance), the budgets, --quick's
-    "mlp": dict(lr=1e-4, budget=["--steps", "3000", "--eval-every", "100"],   # 6.4 epochs, the whole test set
+    "mlp": dict(lr=1e-4, budget=["--steps", "1200", "--eval-every", "100"],   # 2.6 epochs, the whole test set
                 quick=["--width", "256", "--steps", "150", "--eval-every", "25", "--eval-size", "2000"]),
     "tfcnn": dict(lr=1e-3, budget=["--steps", "3000", "--eval-every", "100"],
                   quick=["--steps", "60", "--eval-every", "20", "--eval-size", "2000"])}
@@ -76,6 +78,7 @@ def run_parser():
     add("--microbatches", type=cli.positive_int, help="gpipe, 1f1b: microbatches M per batch (default 2K)")
     add("--queue", type=cli.positive_int, help="decoupled: receives a stage keeps posted for activations (2)")
     add("--sg-lr", type=cli.positive_float, help="dni, cdni: the modules' learning rate (1e-3)")
+    add("--sg-scale", type=cli.positive_float, help="dni, cdni: stages below the last learn at --lr x this (0.03)")
     add("--sg-hidden", type=cli.positive_int, help="dni: units of the module's 2 hidden layers (256)")
     add("--predsim-beta", type=cli.fraction, help="predsim: weight of the similarity loss (0.99)")
     add("--network", choices=("mlp", "tfcnn"), default="mlp", help="mlp: --depth blocks of --width; tfcnn: 3 blocks")
@@ -256,22 +259,32 @@ def read_folder(out):
         return json.loads((out / "summary.json").read_text()), list(csv.DictReader(f))
 
 
+def tuned_on(args, config):
+    """Whose grid sets this configuration's rate: gpipe, 1f1b, ddp and backprop on 2 threads
+    make one-process backprop's update exactly, so they take its rate (1 thread) when the
+    race runs it; every other configuration is tuned on its own grid."""
+    network, method, K, M, threads = config
+    shared = method in SYNC or (method == "backprop" and threads != 1)
+    return (network, "backprop", 1, None, 1) if shared and "backprop" in args.methods else config
+
+
 def tuned(args, cells, config):
     """The factor of the grid that won on seed 0 (benchmarks/race.py's score: the highest
     target reached first, then the lower, then the final accuracy); None until all ran."""
     from benchmarks.race import score
-    grid = [cells.get(key(config, f, 0)) for f in args.factors]
+    grid = [cells.get(key(tuned_on(args, config), f, 0)) for f in args.factors]
     return min(grid, key=lambda c: score(c, args.targets))["factor"] if all(grid) else None
 
 
 def plan(args, cells):
-    """The cells still to run: each configuration's grid on seed 0, then its tuned factor on
-    the other seeds (known once its grid has run)."""
+    """The cells still to run: each tuned configuration's grid on seed 0, then every
+    configuration's tuned factor on the seeds (known once its grid has run)."""
     todo = []
     for config in configurations(args):
-        todo += [(config, f, 0) for f in args.factors if key(config, f, 0) not in cells]
+        if tuned_on(args, config) == config:
+            todo += [(config, f, 0) for f in args.factors if key(config, f, 0) not in cells]
         if (best := tuned(args, cells, config)) is not None:
-            todo += [(config, best, s) for s in args.seeds if s and key(config, best, s) not in cells]
+            todo += [(config, best, s) for s in args.seeds if key(config, best, s) not in cells]
     return todo
 
 
@@ -290,6 +303,8 @@ def summarise(args, cells):
         if (best := tuned(args, cells, config)) is None:
             continue
         runs = [cells[k] for s in args.seeds if (k := key(config, best, s)) in cells]
+        if not runs:
+            continue
         network, method, K, M, threads = config
 
         def per_rank(name, combine):   # each rank's figure, combined over the seeds
@@ -352,7 +367,7 @@ def race_main(argv):
         help="the tuning grid: learning rate x the network's (mlp 1e-4, tfcnn 1e-3)")
     add("--seeds", type=cli.nonnegative_int, nargs="+", default=[0, 1, 2])
     add("--targets", type=cli.fraction, nargs="+", default=None, help="test accuracies (0.85 0.87; --quick 0.7 0.8)")
-    add("--steps", type=cli.positive_int, default=None, help="steps of every run (default: mlp 3000, --quick 150)")
+    add("--steps", type=cli.positive_int, default=None, help="steps of every run (default: mlp 1200, --quick 150)")
     add("--quick", action="store_true", help="every method at K = 2 once (seed 0, x1), tiny budgets: < 3 minutes")
     add("--dataset", choices=cli.DATASETS, default="fashion-mnist")
     add("--data-dir", default="./data")

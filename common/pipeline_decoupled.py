@@ -77,11 +77,12 @@ class Stream:
         self.from_above = link(rank + 1, self.out_shape, False, True) if back and not self.last else None
         self.to_below = link(rank - 1, self.in_shape, False, False) if back and not self.first else None
 
-    def train_body(self):
-        """dni, cdni, ddg: the body learns (and the last stage's head: a lower stage's is unused)."""
+    def train_body(self, scale=1.0):
+        """dni, cdni, ddg: the body learns at --lr x scale (and the last stage's head, at --lr:
+        a lower stage's is unused)."""
         self.trained = [self.body, self.head] if self.last else [self.body]
-        self.optimizer = make_optimizer([p for m in self.trained for p in m.parameters()], self.args.optimizer,
-                                        self.args.lr)
+        lr = self.args.lr * (1.0 if self.last else scale)
+        self.optimizer = make_optimizer([p for m in self.trained for p in m.parameters()], self.args.optimizer, lr)
 
     def input(self, index):
         """x for the first stage; else the next activation from below (or the one prefetched)."""
@@ -150,7 +151,7 @@ class Synthetic(Stream):
 
     def __init__(self, args, net, rank, data, timeline, meter):
         super().__init__(args, net, rank, data, timeline, meter)
-        self.train_body()
+        self.train_body(args.sg_scale)
         if not self.last:
             size = torch.Size(self.out_shape).numel()   # M_k reads and predicts h_k flattened
             conditioned = args.method == "cdni"
