@@ -1,10 +1,11 @@
-"""Write README.md's generated blocks (<!-- X:begin --> ... <!-- X:end -->, X = headline and
-results:<script>), benchmarks/README.md's (X = benchmarks) and results/README.md from what
-each run and benchmark declared, and copy the runs' figures into assets/. No number is typed
-by hand. Reads results/<script>/<run>/{summary,config}.json and
+"""Write README.md's generated blocks (<!-- X:begin --> ... <!-- X:end -->, X = headline,
+parallel_race and results:<script>), benchmarks/README.md's (X = benchmarks) and results/README.md
+from what each run and benchmark declared, and copy the runs' figures into assets/. No number is
+typed by hand. Reads results/<script>/<run>/{summary,config}.json and
 metrics.csv (grouped by command, --seed and --out left out) and results/benchmarks/<name>.json;
 the headline is the race's (benchmarks/race.py): every method against its network's tuned
-backprop. No script is known here by name.    python benchmarks/make_results.py [--help]
+backprop; parallel_race is benchmarks/parallel_race_report.py's (the K-process race). No script
+is known here by name.    python benchmarks/make_results.py [--help]
 
 A time to target is read where the test accuracy first reached it, so it is only as fine as
 the evaluations around it: a ratio is shown only where, on every seed, each side's evaluation
@@ -27,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from common import cli  # noqa: E402
 
-DIGITS = {"%": 2, "points": 2, "x": 2, "s": 1, "ms": 2, "": 4}
+DIGITS = {"%": 2, "points": 2, "x": 2, "s": 1, "ms": 2, "MiB": 1, "steps/s": 1, "": 4}
 GRID = 0.05  # the evaluations around a crossing at most 5 % of its seconds apart
-SUFFIX = {"%": " %", "points": " points", "x": "x", "s": " s", "ms": " ms"}
+SUFFIX = {"%": " %", "points": " points", "x": "x", "s": " s", "ms": " ms", "MiB": " MiB"}
 
 
 def strip_command(command):
@@ -404,6 +405,9 @@ def benchmark_tables(path, data):
     where = path.resolve().relative_to(path.resolve().parents[2])  # from results/'s folder
     lines = [f"**{data.get('benchmark', path.stem)}** ({data.get('hardware', 'hardware not recorded')}, "
              f"torch {data.get('torch', 'not recorded')}; raw: `{where}`)", ""]
+    if data.get("benchmark") == "parallel_race":  # rows of per-seed lists and dicts: the README's tables
+        from benchmarks import parallel_race_report  # it imports this module's helpers
+        return lines + parallel_race_report.tables(data) if data.get("rows") else lines
     rows = data.get("rows") or [{"figure": key, "value": value} for key, value in flatten(data)
                                 if key.split(".")[0] not in ("benchmark", "hardware", "torch", "targets")]
     for title, entries in (rows if isinstance(rows, dict) else {"": rows}).items():
@@ -451,6 +455,12 @@ def main(argv=None):
                           args.benchmarks_readme)
     first = headline_block(args.results, readme_path.resolve().parent, bench_path.resolve())
     readme = replace_block(readme_path.read_text(), "headline", first, args.readme)
+    from benchmarks import parallel_race_report  # it imports this module's helpers
+    pictures = []
+    # a README without the block is complete until a race exists; then a missing block is an error
+    if "<!-- parallel_race:begin -->" in readme or Path(args.results, "benchmarks", "parallel_race.json").exists():
+        race, pictures = parallel_race_report.block(args.results, readme_path.resolve().parent, args.assets)
+        readme = replace_block(readme, "parallel_race", race, args.readme)
     for script in re.findall(r"<!-- results:([\w-]+):begin -->", readme):
         block = (script_block(script, groups[script], found[script], readme_path.resolve().parent, every)
                  if script in groups else [f"(no runs logged yet under results/{script}/)"])
@@ -461,6 +471,7 @@ def main(argv=None):
     for _, _, source, copy in (figure for script_figures in found.values() for figure in script_figures):
         copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, copy)
+    parallel_race_report.draw(pictures)
     print(f"make_results: {len(groups)} scripts' runs written to {args.readme}, {args.benchmarks_readme}, {every}")
 
 

@@ -31,7 +31,7 @@ scripts' own, imported from them, in plain sight there:
            at most K - k batches unanswered (the paper's lockstep: staleness up to K - 1 - k).
            async_mach.py recomputes at the current weights instead; this is the paper's formula.
 
-Timeline: forward, backward, update, synthetic (M's forward and regression), and every
+Timeline: forward, backward, update, synthetic (M's forward), synthetic_learn (its regression), and every
 message with its bytes; waits for a neighbour are spans of kind "wait" (common/stage_meters.py).
 """
 import collections
@@ -193,7 +193,7 @@ class Synthetic(Stream):
                 return
             wait_for -= 1
             held, y = self.stash.popleft()
-            with self.timeline.span("compute", "synthetic"):
+            with self.timeline.span("compute", "synthetic_learn"):
                 loss = F.mse_loss(self.synthetic(held.tensor.flatten(1), y), target.flatten(1))
                 self.sg_optimizer.zero_grad(set_to_none=True)
                 loss.backward()

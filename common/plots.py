@@ -98,14 +98,16 @@ def plot_run(run_dir, title=None, clocks=None):
                 title or run_dir.name)
 
 
-def plot_series(out, series, xlabel, ylabel, logy=False, title=None):
-    """One line per label: series = {label: (xs, ys)}."""
+def plot_series(out, series, xlabel, ylabel, logy=False, title=None, ylow=None):
+    """One line per label: series = {label: (xs, ys)}; ylow: the y axis starts there."""
     fig, axis = plt.subplots(figsize=(8, 5))
     for label, (xs, ys) in series.items():
         if len(xs):
             axis.plot(xs, ys, marker="." if len(xs) < 60 else None, label=label)
     if logy:
         axis.set_yscale("log")
+    if ylow is not None:
+        axis.set_ylim(bottom=ylow)
     _label(axis, xlabel, ylabel)
     if title:
         axis.set_title(title)

@@ -27,7 +27,7 @@ spans: with a core per rank, about cpu_seconds; on a loaded machine also desched
 
 The timeline (stage_<k>_events.jsonl, one JSON object a line) has
     {"t0": 0, "kind": "start", "unix"}                                   its origin, to align ranks
-    {"t0", "t1", "kind": "compute", "what": forward|backward|update|synthetic, "step", ...}
+    {"t0", "t1", "kind": "compute", "what": forward|backward|update|synthetic|synthetic_learn, "step", ...}
     {"t0", "t1", "kind": "wait", "what": recv|send, "peer", "step"}      blocked on a neighbour
     {"t0", "kind": "message", "what": activation|gradient|target|allreduce, "peer", "bytes",
      "sent": true (a send) | false (a receive), "step"}

@@ -103,14 +103,24 @@ class Counting(TorchDispatchMode):
         return out
 
 
+def unit_prices(machine, speed=1.0):
+    """Seconds per flop, per element written and per op on `machine` at `speed`."""
+    return (1e-9 / (machine["gflops"] * speed), 1e-9 / (machine["gelements"] * speed),
+            1e-6 * machine["op_us"] / speed)
+
+
+def seconds_of(counts, machine, speed=1.0):
+    """Seconds of counted work (flops, elements, ops): the formula above."""
+    return sum(count * unit for count, unit in zip(counts, unit_prices(machine, speed)))
+
+
 class VirtualClock(Counting):
     """One component's clock: the work it counts, priced by the machine, plus its waiting."""
 
     def __init__(self, rank, world, machine, speed=1.0):
         super().__init__()
         self.rank, self.world = rank, world
-        self.prices = (1e-9 / (machine["gflops"] * speed), 1e-9 / (machine["gelements"] * speed),
-                       1e-6 * machine["op_us"] / speed)
+        self.prices = unit_prices(machine, speed)
         self.waited, self.had_turn = 0.0, False
         self.waiting_until = None  # while it waits for a message: when its timeout ends
         self.turn_began = 0.0       # it receives what arrived by then

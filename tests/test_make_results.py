@@ -391,7 +391,8 @@ def test_strip_command_keeps_everything_but_seed_and_out():
 def test_the_readmes_are_what_make_results_makes_of_results(tmp_path):
     """No hand edit inside a generated block of README.md or benchmarks/README.md: regenerated
     from a copy of results/, both come out as they are. The README a newcomer reads first stays
-    short (at most 450 lines) and opens with the race's table, before any script's block."""
+    short (at most 470 lines: 450 before the K-devices table) and opens with the race's table,
+    before any script's block."""
     shutil.copytree(ROOT / "results", tmp_path / "results")
     (tmp_path / "benchmarks").mkdir()
     for name in ("README.md", "benchmarks/README.md"):
@@ -402,6 +403,119 @@ def test_the_readmes_are_what_make_results_makes_of_results(tmp_path):
     for name in ("README.md", "benchmarks/README.md"):
         assert (tmp_path / name).read_text() == (ROOT / name).read_text(), f"{name}: run benchmarks/make_results.py"
     readme = (ROOT / "README.md").read_text()
-    assert len(readme.splitlines()) <= 450
+    assert len(readme.splitlines()) <= 470
     assert readme.index("<!-- headline:begin -->") < readme.index("<!-- results:")
     assert "| network | method |" in block(readme, "headline")
+
+
+# The parallel race: per (method, seed) its seconds to 85 % and 87 % at the tuned factor (None: not
+# reached), final accuracy, bubble and peak activations per rank. 1f1b takes backprop's factor
+# (x1); dgl's grid on seed 0 picks x3 over x1 (x1 reaches nothing).
+PARALLEL = {("backprop", 0): ({"0.85": 20.0, "0.87": 40.0}, 0.870, [0.001], [4.0]),
+            ("backprop", 1): ({"0.85": 24.0, "0.87": None}, 0.866, [0.003], [4.0]),
+            ("1f1b", 0): ({"0.85": 30.0, "0.87": 50.0}, 0.872, [0.20, 0.22], [2.0, 1.0]),
+            ("1f1b", 1): ({"0.85": 34.0, "0.87": 54.0}, 0.874, [0.24, 0.20], [2.5, 1.0]),
+            ("dgl", 0): ({"0.85": 10.0, "0.87": None}, 0.860, [0.02, 0.04], [3.0, 1.5]),
+            ("dgl", 1): ({"0.85": 12.0, "0.87": None}, 0.862, [0.04, 0.06], [3.0, 1.5])}
+PARALLEL_README = README + "<!-- parallel_race:begin -->\nstale race\n<!-- parallel_race:end -->\n"
+
+
+def write_parallel_race(results):
+    """parallel_race.json as parallel_race.py writes it: the cells (the tuning grid on seed 0 and
+    the seeds at the tuned factor), and the rows its own summarise() makes of them."""
+    from types import SimpleNamespace
+
+    from benchmarks import parallel_race
+    args = SimpleNamespace(networks=["mlp"], methods=["backprop", "1f1b", "dgl"], K=[2], microbatches=[2],
+                           reference_threads=[1], factors=[1.0, 3.0], seeds=[0, 1], targets=[0.85, 0.87])
+    configs = {"backprop": ("mlp", "backprop", 1, None, 1), "1f1b": ("mlp", "1f1b", 2, 2, 1),
+               "dgl": ("mlp", "dgl", 2, None, 1)}
+    tuned = {"backprop": 1.0, "1f1b": 1.0, "dgl": 3.0}
+    cells = {}
+    for (method, seed), (seconds, final, bubble, mib) in PARALLEL.items():
+        network, _, K, M, threads = config = configs[method]
+        runs = [(tuned[method], seconds, final)]
+        if seed == 0 and method != "1f1b":  # the grid's other factor: worse
+            runs.append((4.0 - tuned[method], dict.fromkeys(seconds) if method == "dgl" else
+                         {"0.85": 90.0, "0.87": None}, 0.5))
+        for factor, reached, accuracy in runs:
+            cells[parallel_race.key(config, factor, seed)] = dict(
+                network=network, method=method, K=K, microbatches=M, threads=threads, factor=factor,
+                lr=1e-4 * factor, seed=seed, status="completed", steps=600, seconds=reached, final=accuracy,
+                steps_per_second=10.0 + seed, bubble=bubble, cpu_seconds_per_step=[0.1] * len(bubble),
+                peak_activations=[int(m * 2 ** 20) for m in mib], wall_seconds=99.0, command=f"run {method}",
+                curve=[[0.0, 0.1], [5.0 * factor + seed, accuracy]])
+    (results / "benchmarks" / "parallel_race.json").write_text(json.dumps({
+        "benchmark": "parallel_race", "hardware": "test cpu", "torch": "9.9", "omp_wait_policy": "PASSIVE",
+        "settings": {"dataset": "fashion-mnist", "targets": args.targets, "factors": args.factors,
+                     "budgets": {"mlp": ["--steps", "600", "--eval-every", "100"]}},
+        "cells": cells, "rows": parallel_race.summarise(args, cells)}))
+
+
+def parallel_column(method, index, scale=1.0):
+    return [scale * PARALLEL[method, seed][index] for seed in (0, 1)]
+
+
+def test_parallel_race_block_shows_each_method_at_its_tuned_rate(tree, monkeypatch):
+    write_parallel_race(tree / "results")
+    (tree / "PR.md").write_text(PARALLEL_README)
+    from common import plots
+    drawn, plot_series = [], plots.plot_series
+    monkeypatch.setattr(plots, "plot_series", lambda out, series, *a, **k: drawn.append(series)
+                        or plot_series(out, series, *a, **k))
+    readme, bench = generate(tree, readme="PR.md")
+    text = block(readme, "parallel_race")
+    assert "stale" not in text
+    # the best synchronous method at K = 2 (the only one here) named once, in the header
+    head = "mlp, K = 2, 600 steps"
+    assert line_starting(text, f"| {head} |").startswith(
+        f"| {head} | lr (× the network's) | s to 85 % (÷ best synchronous = 1f1b, M = 2, ÷ backprop on 1 thread) "
+        "| s to 87 % (÷ best synchronous = 1f1b, M = 2, ÷ backprop on 1 thread) | final accuracy |")
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in text.splitlines() if line.startswith("| "))}
+    dgl, sync, bp = (dict(zip(rows[head], rows[m])) for m in ("dgl", "1f1b, M = 2", "backprop, 1 thread"))
+    seconds = {m: {t: [PARALLEL[m, s][0][t] for s in (0, 1)] for t in ("0.85", "0.87")} for m in ("dgl", "1f1b")}
+    to85, to87 = (f"s to {t} % (÷ best synchronous = 1f1b, M = 2, ÷ backprop on 1 thread)" for t in (85, 87))
+    assert dgl["lr (× the network's)"] == "0.0003 (x3)" and sync["lr (× the network's)"] == "0.0001 (x1)"
+    # ratios of the means: dgl's ÷ 1f1b's and ÷ backprop's (20 and 24 s)
+    to_sync = statistics.fmean(seconds["dgl"]["0.85"]) / statistics.fmean(seconds["1f1b"]["0.85"])
+    assert dgl[to85] == f"{mean_std(seconds['dgl']['0.85'], 1, ' s')} ({to_sync:.2f}x, {11 / 22:.2f}x)"
+    assert dgl[to87] == "not reached within 600 steps (-, -)"
+    assert bp[to87] == "40.0 s (reached on 1 of 2 seeds) (-, -)"
+    assert sync[to87] == f"{mean_std(seconds['1f1b']['0.87'], 1, ' s')} (1.00x, -)"
+    assert dgl["final accuracy"] == mean_std(parallel_column("dgl", 1, 100), 2, " %")
+    assert dgl["bubble per rank"] == "3.00 % / 5.00 %" and sync["peak activations per rank"] == "2.5 MiB / 1.0 MiB"
+    assert dgl["steps/s"] == "10.5" and dgl["seeds"] == "0, 1"
+    # the figure: seed 0 at the tuned factor, a line per K = 2 method and 1-thread backprop
+    assert (tree / "assets" / "parallel_race_k2.png").stat().st_size > 0
+    assert ("![test accuracy against training seconds (the slowest rank's clock), mlp, K = 2, seed 0, each method "
+            "at its tuned rate](assets/parallel_race_k2.png)") in text
+    assert drawn == [{"backprop, 1 thread": ([0.0, 5.0], [0.1, 0.87]), "1f1b, M = 2": ([0.0, 5.0], [0.1, 0.872]),
+                      "dgl": ([0.0, 15.0], [0.1, 0.86])}]
+    # the findings, from the rows
+    assert line_starting(text, "- At 85 %") == (
+        "- At 85 %, K = 2: dgl first, 11.0 s (mean of 2 seeds), 0.34x the best synchronous method "
+        "(1f1b, M = 2, 32.0 s) and 0.50x one-process backprop on 1 thread (22.0 s).")
+    assert line_starting(text, "- At 87 %") == (
+        "- At 87 %, K = 2: 1f1b, M = 2 first, 52.0 s (mean of 2 seeds), the best synchronous method. "
+        "Not reached within 600 steps: backprop, 1 thread (1 of 2 seeds); dgl.")
+    caption = line_starting(text, "Seconds: ")
+    assert "fashion-mnist, test cpu, torch 9.9, OMP_WAIT_POLICY=PASSIVE" in caption
+    assert "over x1, x3 of the network's rate" in caption and "`python benchmarks/parallel_race.py`" in caption
+    # benchmarks/README.md: the same table, not the rows' per-seed lists and commands
+    assert line_starting(bench, "| dgl |") == line_starting(text, "| dgl |")
+    assert "run dgl" not in bench and "[[" not in bench and '{"0.85"' not in bench
+
+
+def test_parallel_race_without_its_json(tree):
+    # a README without the block: an error once the race has run (nothing written), fine before
+    write_parallel_race(tree / "results")
+    with pytest.raises(cli.UserError, match="README.md has no <!-- parallel_race:begin -->"):
+        generate(tree)
+    assert (tree / "README.md").read_text() == README and not (tree / "assets").exists()
+    (tree / "results" / "benchmarks" / "parallel_race.json").unlink()
+    assert "parallel_race" not in generate(tree)[0]
+    (tree / "PR.md").write_text(PARALLEL_README)
+    assert block(generate(tree, readme="PR.md")[0], "parallel_race").strip() == (
+        "(no parallel race yet: python benchmarks/parallel_race.py)")
+    assert not (tree / "assets" / "parallel_race_k2.png").exists()
