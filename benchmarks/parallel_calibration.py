@@ -60,13 +60,17 @@ def calibrate(cell, folder, machine):
     """One row: the real figures, the machine-priced and the schedule-priced ones, ratios."""
     from common.stage_virtual_time import price
     summary, real_step, real_cpu = real_figures(folder)
+    config = json.loads((folder / "config.json").read_text())   # the network's shape, the batch, the queue
+    shape = {key: config[key] for key in ("network", "width", "depth", "batch_size")}
+    if config.get("queue"):
+        shape["queue"] = config["queue"]
     K, M = cell["K"], cell["microbatches"]
     measured = action_seconds(folder, K, summary["iterations"])
     if cell["method"] == "backprop":
         measured = {(0, what): s for (k, what), s in measured.items()}
     sync = cell["method"] in ("backprop", "gpipe", "1f1b", "ddp")
     priced = {name: price(cell["method"], K=K, microbatches=M, machine=machine, steps=8 if sync else 60,
-                          seconds=seconds)
+                          seconds=seconds, **shape)
               for name, seconds in (("machine", None), ("schedule", measured))}
     row = dict(method=cell["method"], K=K, microbatches=M, real_seconds_per_step=round(real_step, 5),
                real_cpu_per_step=real_cpu, real_bubble=summary["bubble"])

@@ -161,3 +161,39 @@ def test_the_meter_counts_saved_activations_until_the_graph_is_freed():
     assert meter.bytes == 2 * 4 * 10 * 4
     y.sum().backward()
     assert meter.bytes == 0 and meter.peak == 2 * 4 * 10 * 4
+
+
+def test_calibration_prices_the_real_runs_and_the_schedule_model_tracks_them(tiny_data, tmp_path):
+    """benchmarks/parallel_calibration.py on a real (tiny) race: every row's priced figures,
+    ratios that are the priced ÷ real seconds, each rank's measured actions read back."""
+    from benchmarks.parallel_race import key
+    cells, runs = {}, tmp_path / "runs"
+    for method, M in (("1f1b", 2), ("dgl", None)):
+        config = ("mlp", method, 2, M, 1)
+        folder = runs / key(config, 1.0, 0).replace("/", "-")
+        result = run(tiny_data, folder, "--method", method, "--K", 2, "--steps", 12,
+                     *(["--microbatches", M] if M else []))
+        assert result.returncode == 0, result.stderr
+        cells[key(config, 1.0, 0)] = dict(network="mlp", method=method, K=2, microbatches=M, threads=1,
+                                          factor=1.0, lr=1e-4, seed=0)
+    rows = [dict(network="mlp", method=c["method"], K=2, microbatches=c["microbatches"], threads_per_rank=1,
+                 lr=1e-4, seeds=[0]) for c in cells.values()]
+    race = tmp_path / "race.json"
+    race.write_text(json.dumps(dict(cells=cells, rows=rows)))
+    out = tmp_path / "calibration.json"
+    result = subprocess.run([sys.executable, "benchmarks/parallel_calibration.py", "--race", str(race),
+                             "--runs", str(runs), "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    written = json.loads(out.read_text())
+    assert [r["method"] for r in written["rows"]] == ["1f1b", "dgl"]
+    for r in written["rows"]:
+        assert r["schedule_ratio"] == pytest.approx(r["schedule_seconds_per_step"] / r["real_seconds_per_step"],
+                                                    abs=2e-3)
+        assert len(r["machine_bubble"]) == 2 and all(0 < s for s in r["real_cpu_per_step"])
+    actions = written["measured_action_seconds"]
+    assert {"0/forward", "0/backward", "1/forward", "1/backward", "1/update"} <= set(actions["1f1b"])
+    assert [t["met"] in (True, False) for t in written["targets"]] == [True, True]
+    missing = subprocess.run([sys.executable, "benchmarks/parallel_calibration.py", "--race",
+                              str(tmp_path / "none.json")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
