@@ -62,7 +62,7 @@ DEFAULTS = dict(queue=2, sg_lr=1e-3, sg_scale=0.03, sg_hidden=256, predsim_beta=
 SCHEDULE = {"gpipe": "GPipe", "1f1b": "1F1B"}
 NETWORKS = {   # Adam's learning rate (at 1e-3 the 16-block mlp stalls at chance), the budgets, --quick's
     "mlp": dict(lr=1e-4, budget=["--steps", "1200", "--eval-every", "100"],   # 2.6 epochs, the whole test set
-                quick=["--width", "256", "--steps", "150", "--eval-every", "25", "--eval-size", "2000"]),
+                quick=["--width", "256", "--steps", "300", "--eval-every", "50", "--eval-size", "2000"]),
     "tfcnn": dict(lr=1e-3, budget=["--steps", "3000", "--eval-every", "100"],
                   quick=["--steps", "60", "--eval-every", "20", "--eval-size", "2000"])}
 
@@ -367,7 +367,7 @@ def race_main(argv):
         help="the tuning grid: learning rate x the network's (mlp 1e-4, tfcnn 1e-3)")
     add("--seeds", type=cli.nonnegative_int, nargs="+", default=[0, 1, 2])
     add("--targets", type=cli.fraction, nargs="+", default=None, help="test accuracies (0.85 0.87; --quick 0.7 0.8)")
-    add("--steps", type=cli.positive_int, default=None, help="steps of every run (default: mlp 1200, --quick 150)")
+    add("--steps", type=cli.positive_int, default=None, help="steps of every run (default: mlp 1200, --quick 300)")
     add("--quick", action="store_true", help="every method at K = 2 once (seed 0, x1), tiny budgets: < 3 minutes")
     add("--dataset", choices=cli.DATASETS, default="fashion-mnist")
     add("--data-dir", default="./data")
