@@ -56,7 +56,7 @@ def real_figures(folder):
                                                                              for r in ranks]
 
 
-def calibrate(cell, folder, machine):
+def calibrate(cell, folder, machine, link):
     """One row: the real figures, the machine-priced and the schedule-priced ones, ratios."""
     from common.stage_virtual_time import price
     summary, real_step, real_cpu = real_figures(folder)
@@ -70,7 +70,7 @@ def calibrate(cell, folder, machine):
         measured = {(0, what): s for (k, what), s in measured.items()}
     sync = cell["method"] in ("backprop", "gpipe", "1f1b", "ddp")
     priced = {name: price(cell["method"], K=K, microbatches=M, machine=machine, steps=8 if sync else 60,
-                          seconds=seconds, **shape)
+                          seconds=seconds, link=link, **shape)
               for name, seconds in (("machine", None), ("schedule", measured))}
     row = dict(method=cell["method"], K=K, microbatches=M, real_seconds_per_step=round(real_step, 5),
                real_cpu_per_step=real_cpu, real_bubble=summary["bubble"])
@@ -91,6 +91,10 @@ def main(argv=None):
     parser.add_argument("--runs", default=str(ROOT / "runs/parallel_race"), help="the race's run folders (its --out)")
     parser.add_argument("--machine", default="default", help="'default' (the fixed prices), 'measure' (probe "
                         "this machine, 1 thread, batch 128) or GFLOPS,GELEMENTS,OP_US")
+    parser.add_argument("--latency-ms", type=cli.nonnegative_float, default=0.0, help="the priced link's latency")
+    parser.add_argument("--bandwidth-gbit", type=cli.positive_float, default=None,
+                        help="the priced link's bandwidth (default: unlimited); localhost gloo measured here: "
+                             "one-way sends of 4-32 MiB at 2.7-3.0 GiB/s, about 23 Gbit/s")
     parser.add_argument("--json", default=str(ROOT / "results/benchmarks/parallel_calibration.json"))
     args = parser.parse_args(argv)
     if not Path(args.race).is_file():
@@ -111,6 +115,8 @@ def main(argv=None):
             machine = dict(zip(("gflops", "gelements", "op_us"), map(float, args.machine.split(","))), strict=True)
         except ValueError:
             raise cli.UserError(f"--machine {args.machine}: give default, measure or GFLOPS,GELEMENTS,OP_US")
+    from common.stage_virtual_time import Link
+    link = Link(args.latency_ms / 1e3, args.bandwidth_gbit and args.bandwidth_gbit * 1e9 / 8)
     race = json.loads(Path(args.race).read_text())
     rows = []
     for row in race.get("rows", []):
@@ -124,7 +130,7 @@ def main(argv=None):
         if not (folder / "stage_0_events.jsonl").exists():
             print(f"  {folder}: no timeline, left out", flush=True)
             continue
-        rows.append(calibrate(cell, folder, machine))
+        rows.append(calibrate(cell, folder, machine, link))
         r = rows[-1]
         print(f"  {r['method']:8} real {1e3 * r['real_seconds_per_step']:7.1f} ms/step, machine-priced "
               f"{1e3 * r['machine_seconds_per_step']:7.1f} ({r['machine_ratio']}x), schedule-priced "
@@ -135,6 +141,7 @@ def main(argv=None):
                     value=[r[f"{name}_ratio"] for r in rows], met=within([r[f"{name}_ratio"] for r in rows]))
                for name in ("machine", "schedule")]
     out = dict(benchmark="parallel_calibration", **hardware(), machine=machine, race=Path(args.race).name,
+               link=dict(latency_ms=args.latency_ms, bandwidth_gbit=args.bandwidth_gbit),
                targets=targets, rows=[{k: v for k, v in r.items() if k != "measured_action_seconds"} for r in rows],
                measured_action_seconds={r["method"]: r["measured_action_seconds"] for r in rows})
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,8 @@ BENCHMARKS = {
     "async_study": (["--plot"], None),
     "race": (["--plot"], None),   # only the cells not yet in its JSON (about three hours from scratch)
     "parallel_race": ([], None),   # only the cells not yet in its JSON (about 1 h 45 min from scratch)
-    "parallel_calibration": ([], None),   # prices the race's runs (in runs/parallel_race): a minute
+    # prices the race's runs (in runs/parallel_race) on localhost gloo's measured link: seconds
+    "parallel_calibration": (["--latency-ms", "0.4", "--bandwidth-gbit", "23"], None),
     "soak": ([], None),   # 4 processes for 10 minutes: does any process's memory grow?
 }
 
