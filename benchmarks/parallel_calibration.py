@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from common import cli  # noqa: E402
+from common.runtime_flags import machine_price  # noqa: E402  (torch-free)
 
 ACTIONS = ("forward", "backward", "update", "synthetic", "synthetic_learn")
 GOAL = (0.85, 1.15)
@@ -89,8 +90,9 @@ def main(argv=None):
     parser.add_argument("--race", default=str(ROOT / "results/benchmarks/parallel_race.json"),
                         help="the parallel race's JSON: its cells name the runs")
     parser.add_argument("--runs", default=str(ROOT / "runs/parallel_race"), help="the race's run folders (its --out)")
-    parser.add_argument("--machine", default="default", help="'default' (the fixed prices), 'measure' (probe "
-                        "this machine, 1 thread, batch 128) or GFLOPS,GELEMENTS,OP_US")
+    parser.add_argument("--machine", type=machine_price, nargs="+", default=None, metavar="PRICE",
+                        help="GFLOPS GELEMENTS OP_US, or `measure` (probe this machine, 1 thread, batch 128), as "
+                             "async_mach's --machine (default: its fixed prices)")
     parser.add_argument("--latency-ms", type=cli.nonnegative_float, default=0.0, help="the priced link's latency")
     parser.add_argument("--bandwidth-gbit", type=cli.positive_float, default=None,
                         help="the priced link's bandwidth (default: unlimited); localhost gloo measured here: "
@@ -104,17 +106,15 @@ def main(argv=None):
     from benchmarks.parallel_race import key
     from common.runtime_flags import DEFAULT_MACHINE
     torch.set_num_threads(1)
-    if args.machine == "measure":
-        from common.machine_prices import check_plausible, measure_machine
-        machine = measure_machine(128)
-        check_plausible(machine, 1)
-    elif args.machine == "default":
-        machine = DEFAULT_MACHINE
+    if args.machine == ["measure"]:
+        from common.machine_prices import measure_machine
+        machine = measure_machine(128)   # refuses an implausible probe itself
+    elif args.machine:
+        if len(args.machine) != 3 or "measure" in args.machine:
+            raise cli.UserError("--machine: give three prices, GFLOPS GELEMENTS OP_US, or `measure` alone")
+        machine = dict(zip(("gflops", "gelements", "op_us"), args.machine))
     else:
-        try:
-            machine = dict(zip(("gflops", "gelements", "op_us"), map(float, args.machine.split(","))), strict=True)
-        except ValueError:
-            raise cli.UserError(f"--machine {args.machine}: give default, measure or GFLOPS,GELEMENTS,OP_US")
+        machine = DEFAULT_MACHINE
     from common.stage_virtual_time import Link
     link = Link(args.latency_ms / 1e3, args.bandwidth_gbit and args.bandwidth_gbit * 1e9 / 8)
     race = json.loads(Path(args.race).read_text())

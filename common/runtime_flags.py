@@ -14,6 +14,11 @@ from common import cli
 # they were measured; results/benchmarks/async_study.json).
 DEFAULT_MACHINE = dict(gflops=83.46, gelements=8.466, op_us=6.41)
 
+
+def machine_price(text):
+    """One word of --machine: `measure`, or a price (GFLOPS, GELEMENTS or OP_US)."""
+    return text if text == "measure" else cli.positive_float(text)
+
 def add_arguments(parser):
     """The runtime's flags, as one argument group (returned), and what the merged line says."""
     parser.epilog = (
@@ -42,7 +47,7 @@ def add_arguments(parser):
                      help="seconds of silence after which a neighbour is declared dead")
     run.add_argument("--join-timeout", type=cli.positive_float, default=30.0,
                      help="seconds a process waits for the rendezvous store and for every rank to join")
-    run.add_argument("--machine", type=lambda text: text if text == "measure" else cli.positive_float(text),
+    run.add_argument("--machine", type=machine_price,
                      nargs="+", default=None, metavar="PRICE",
                      help="virtual: each machine's speed, GFLOPS GELEMENTS OP_US: matrix-multiply "
                           "GFLOP/s, 1e9 elements/s written by other ops, microseconds per op; or "
