@@ -49,7 +49,7 @@ import types
 import torch
 
 from common.runtime_flags import DEFAULT_MACHINE
-from common.stage_prices import LOCAL, split_network, stage_counts
+from common.stage_prices import LOCAL, split_network, stage_counts, stage_seconds
 from common.virtual_time import seconds_of
 
 SCHEDULE = {"backprop": "one process", "gpipe": "GPipe", "1f1b": "1F1B", "ddp": "DDP, ring all-reduce"}
@@ -59,10 +59,15 @@ BUCKETS = (2 ** 20, 25 * 2 ** 20)   # DDP's first bucket cap and every later one
 
 # ============================================================================ links
 class Link:
-    """One direction between two neighbours: latency_s, bandwidth in bytes/s (None: infinite)."""
+    """One direction between two neighbours: latency_s, bandwidth in bytes/s (None: infinite).
+    on_cpu: the ranks' own cores move the bytes (localhost TCP: the kernel copies on both ends),
+    so a DDP all-reduce is busy time of its rank and does not overlap its backward."""
 
-    def __init__(self, latency_s=0.0, bandwidth=None):
-        self.latency_s, self.bandwidth, self.free = latency_s, bandwidth, 0.0
+    def __init__(self, latency_s=0.0, bandwidth=None, on_cpu=False):
+        self.latency_s, self.bandwidth, self.on_cpu, self.free = latency_s, bandwidth, on_cpu, 0.0
+
+    def copy(self):
+        return Link(self.latency_s, self.bandwidth, self.on_cpu)
 
     def transmit(self, t, nbytes):
         """(end of sending, arrival) of nbytes handed over at t, after what it already carries."""
@@ -169,7 +174,7 @@ def decoupled(method, k, K, steps, cost, up, down, nbytes, queue):
 
 def simulate(programs, trace=False):
     """Run each stage's actions to their end: stages with marks [(t, busy)] per step, sent bytes."""
-    stages = [types.SimpleNamespace(gen=g, op=next(g), t=0.0, busy=0.0, sent=0, marks=[], trace=[])
+    stages = [types.SimpleNamespace(gen=g, op=next(g), t=0.0, busy=0.0, sent=0, marks=[], trace=[], polls=[])
               for g in programs]
 
     def act(st):
@@ -201,6 +206,8 @@ def simulate(programs, trace=False):
         return True
 
     def advance(st, reply):
+        if st.op[0] == "poll":
+            st.polls.append(reply)
         try:
             st.op = st.gen.send(reply if st.op[0] == "poll" else None)
         except StopIteration:
@@ -222,30 +229,36 @@ def simulate(programs, trace=False):
 
 def ddp(K, steps, cost, buckets, link, add):
     """A rank's marks (all alike); buckets [(bytes, seconds into the backward it is made)]."""
-    links, t, busy, marks = [Link(link.latency_s, link.bandwidth) for _ in range(K)], 0.0, 0.0, []
+    links, t, busy, marks = [link.copy() for _ in range(K)], 0.0, 0.0, []
+    compute = cost["forward"] + cost["backward"] + cost.get("bucket_copy", 0.0) + cost["update"]
     for _ in range(steps):
         backward, ring = t + cost["forward"], 0.0
-        for nbytes, made in buckets:
+        if link.on_cpu:   # after the backward, on the same core: each round sends and receives W_j/K
+            rounds = [(2 * nbytes / K / (link.bandwidth or float("inf")) + add(nbytes / K), link.latency_s)
+                      for nbytes, _ in buckets for _ in range(2 * (K - 1))]
+            ring = backward + cost["backward"] + sum(c + w for c, w in rounds)
+            busy += sum(c for c, _ in rounds)
+        for nbytes, made in [] if link.on_cpu else buckets:
             times = [max(ring, backward + made)] * K
             for _ in range(2 * (K - 1)):   # rank r sends to r + 1, adds what r - 1 sent
                 arrivals = [links[r].transmit(times[r], nbytes / K)[1] for r in range(K)]
                 times = [max(times[r], arrivals[r - 1]) + add(nbytes / K) for r in range(K)]
             ring = max(times)
-        t = max(backward + cost["backward"], ring) + cost["update"]
-        busy += cost["forward"] + cost["backward"] + cost["update"]
+        t = max(backward + cost["backward"], ring) + cost.get("bucket_copy", 0.0) + cost["update"]
+        busy += compute
         marks.append((t, busy))
     sent = 2 * (K - 1) * sum(b for b, _ in buckets) / K * steps
     return [types.SimpleNamespace(marks=marks, sent=sent)] * K
 
 
-def buckets_of(ready, scale, machine):
+def buckets_of(ready, scale, to_seconds):
     """DDP's buckets in gradient order: [(bytes, seconds into the backward its last gradient is made)]."""
     out, size, caps = [], 0, iter(BUCKETS)
     cap = next(caps)
     for i, (nbytes, counts) in enumerate(ready):
         size += nbytes
         if size >= cap or i == len(ready) - 1:
-            out.append((size, scale * seconds_of(counts, machine)))
+            out.append((size, scale * to_seconds(counts)))
             size, cap = 0, next(caps, cap)
     return out
 
@@ -255,8 +268,10 @@ def price(method, network="mlp", K=2, microbatches=None, batch_size=128, link=No
           steps=50, queue=2, seconds=None, width=1024, depth=16, trace=False):
     """One method's steps on K devices: seconds_per_step (steady state); per stage the bubble,
     compute_seconds and sent_bytes_per_step (per step); action_seconds {(k, what): s} (after
-    `seconds`' replacements); the schedule; with trace, each stage's [(action, t0, t1)].
-    microbatches: gpipe, 1f1b (default 2K); link: a Link (each direction gets a copy)."""
+    `seconds`' replacements); the schedule; with trace, each stage's [(action, t0, t1)] and the
+    answers to its polls. microbatches: gpipe, 1f1b (default 2K); link: a Link (each direction
+    gets a copy); machine: op prices {gflops, gelements, op_us} (default DEFAULT_MACHINE), or
+    "measured": each action run for real on this CPU, one thread (stage_prices.stage_seconds)."""
     link, machine, seconds = link or Link(), machine or DEFAULT_MACHINE, seconds or {}
     pipelined, M = method in SCHEDULE, (microbatches or 2 * K) if method in ("gpipe", "1f1b") else 1
     K = 1 if method == "backprop" else K
@@ -264,17 +279,22 @@ def price(method, network="mlp", K=2, microbatches=None, batch_size=128, link=No
     if method not in METHODS or batch_size % (M * (K if method == "ddp" else 1)) or (method == "1f1b" and M < K):
         raise ValueError(f"cannot price {method} with K={K}, M={M}, batch {batch_size}")
     batch = batch_size // (K if method == "ddp" else M)
-    counted = [stage_counts(method, network, width, depth, stages_K, k, batch, M) for k in range(stages_K)]
-    actions = {(k, w): seconds.get((k, w), seconds_of(c, machine)) for k, (cs, _) in enumerate(counted)
+    measured = machine == "measured"
+    to_seconds = (lambda c: c) if measured else (lambda c: seconds_of(c, machine))
+    counted = [(stage_seconds if measured else stage_counts)(method, network, width, depth, stages_K, k, batch, M)
+               for k in range(stages_K)]
+    actions = {(k, w): seconds.get((k, w), to_seconds(c)) for k, (cs, _) in enumerate(counted)
                for w, c in cs.items()}
     costs = [{w: s for (j, w), s in actions.items() if j == k} for k in range(stages_K)]
     if method == "ddp":
-        scale = costs[0]["backward"] / seconds_of(counted[0][0]["backward"], machine)
-        stages = ddp(K, steps, costs[0], buckets_of(counted[0][1], scale, machine), link,
-                     lambda nbytes: seconds_of((0, nbytes / 4, 1), machine))
+        scale = costs[0]["backward"] / to_seconds(counted[0][0]["backward"])
+        params = sum(nbytes for nbytes, _ in counted[0][1]) / 4
+        add = ((lambda nbytes: costs[0]["bucket_copy"] * nbytes / 4 / (2 * params)) if measured   # a pass, as a copy
+               else (lambda nbytes: seconds_of((0, nbytes / 4, 1), machine)))
+        stages = ddp(K, steps, costs[0], buckets_of(counted[0][1], scale, to_seconds), link, add)
     else:
         nbytes = [4 * batch * torch.Size(s).numel() for s in split_network(network, width, depth, K)[2]]
-        new = lambda capacity: Channel(Link(link.latency_s, link.bandwidth), capacity)
+        new = lambda capacity: Channel(link.copy(), capacity)
         up = [new(None if pipelined else queue) for _ in range(K - 1)]
         down = [new(None if pipelined else 2 * queue + 2 + K) for _ in range(K - 1)]
         stages = simulate([one_f_one_b(k, K, M, steps, costs[k], up, down, nbytes) if method == "1f1b"
@@ -288,7 +308,7 @@ def price(method, network="mlp", K=2, microbatches=None, batch_size=128, link=No
                 seconds_per_step=span / (steps - half), bubble=[1 - b / span for b in busy],
                 compute_seconds=[b / (steps - half) for b in busy], action_seconds=actions,
                 sent_bytes_per_step=[st.sent / steps for st in stages],
-                **(dict(trace=[st.trace for st in stages]) if trace else {}))
+                **(dict(trace=[st.trace for st in stages], polls=[st.polls for st in stages]) if trace else {}))
 
 
 if __name__ == "__main__":
