@@ -11,6 +11,10 @@ Three ways to train the same components (async_mach.Component) over the same lin
            top's logits; CE of the top, backprop through all. Machine k runs stage k, so
            a step costs every stage's forward and backward, one after another, plus
            2 (K - 1) hops of latency, plus the slowest machine's Adam step (in parallel).
+           Not the baseline a user with K machines runs: nothing is pipelined. That fair
+           baseline is GPipe, 1F1B or DDP, priced the same way in benchmarks/parallel_virtual.py
+           (on the parallel race's network: its seconds are not these cells'). The chain stays
+           as the components' own end-to-end network.
 Every cell is priced by the same --machine, passed explicitly (so each is deterministic
 and its command complete): by default async_mach's own defaults, 83.46 GFLOPS, 8.466
 Gelem/s, 6.41 us per op (common/runtime_flags.DEFAULT_MACHINE: this study measured them,

@@ -4,7 +4,8 @@ from what each run and benchmark declared, and copy the runs' figures into asset
 typed by hand. Reads results/<script>/<run>/{summary,config}.json and
 metrics.csv (grouped by command, --seed and --out left out) and results/benchmarks/<name>.json;
 the headline is the race's (benchmarks/race.py): every method against its network's tuned
-backprop; parallel_race is benchmarks/parallel_race_report.py's (the K-process race). No script
+backprop; parallel_race is benchmarks/parallel_race_report.py's (the K-process race) and
+parallel_virtual benchmarks/parallel_virtual_report.py's (K devices in virtual time). No script
 is known here by name.    python benchmarks/make_results.py [--help]
 
 A time to target is read where the test accuracy first reached it, so it is only as fine as
@@ -406,8 +407,9 @@ def benchmark_tables(path, data):
     lines = [f"**{data.get('benchmark', path.stem)}** ({data.get('hardware', 'hardware not recorded')}, "
              f"torch {data.get('torch', 'not recorded')}; raw: `{where}`)", ""]
     if data.get("benchmark") == "parallel_race":  # rows of per-seed lists and dicts: the README's tables
-        from benchmarks import parallel_race_report  # it imports this module's helpers
-        return lines + parallel_race_report.tables(data) if data.get("rows") else lines
+        from benchmarks import parallel_race_report, parallel_virtual_report  # they import this module's helpers
+        return lines + (parallel_race_report.tables(data) if data.get("rows") else []) + \
+            parallel_virtual_report.tables(data)
     rows = data.get("rows") or [{"figure": key, "value": value} for key, value in flatten(data)
                                 if key.split(".")[0] not in ("benchmark", "hardware", "torch", "targets")]
     for title, entries in (rows if isinstance(rows, dict) else {"": rows}).items():
@@ -455,12 +457,17 @@ def main(argv=None):
                           args.benchmarks_readme)
     first = headline_block(args.results, readme_path.resolve().parent, bench_path.resolve())
     readme = replace_block(readme_path.read_text(), "headline", first, args.readme)
-    from benchmarks import parallel_race_report  # it imports this module's helpers
-    pictures = []
+    from benchmarks import parallel_race_report, parallel_virtual_report  # they import this module's helpers
+    pictures, virtual_pictures = [], []
     # a README without the block is complete until a race exists; then a missing block is an error
-    if "<!-- parallel_race:begin -->" in readme or Path(args.results, "benchmarks", "parallel_race.json").exists():
+    race_json = Path(args.results, "benchmarks", "parallel_race.json")
+    if "<!-- parallel_race:begin -->" in readme or race_json.exists():
         race, pictures = parallel_race_report.block(args.results, readme_path.resolve().parent, args.assets)
         readme = replace_block(readme, "parallel_race", race, args.readme)
+    if "<!-- parallel_virtual:begin -->" in readme or (race_json.exists() and "virtual" in race_json.read_text()):
+        virtual, virtual_pictures = parallel_virtual_report.block(args.results, readme_path.resolve().parent,
+                                                                  args.assets)
+        readme = replace_block(readme, "parallel_virtual", virtual, args.readme)
     for script in re.findall(r"<!-- results:([\w-]+):begin -->", readme):
         block = (script_block(script, groups[script], found[script], readme_path.resolve().parent, every)
                  if script in groups else [f"(no runs logged yet under results/{script}/)"])
@@ -472,6 +479,7 @@ def main(argv=None):
         copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, copy)
     parallel_race_report.draw(pictures)
+    parallel_virtual_report.draw(virtual_pictures)
     print(f"make_results: {len(groups)} scripts' runs written to {args.readme}, {args.benchmarks_readme}, {every}")
 
 

@@ -35,6 +35,7 @@ they finish: a stopped race resumes.
 
     python benchmarks/parallel_race.py --quick      # every method at K = 2, tiny: < 3 min
     python benchmarks/parallel_race.py              # K = 2, 3 seeds, 48 runs of 1200 steps: ~2 h, alone
+    python benchmarks/parallel_race.py --backend virtual   # K = 2..16 in virtual time (parallel_virtual.py)
 
 Deviations and choices: the mlp's norm is LayerNorm (per example: the pipelined and DDP
 updates stay exactly backprop's; BatchNorm's would not); its Adam learning rate is 1e-4
@@ -374,6 +375,8 @@ def race_main(argv):
     add("--out", default="runs/parallel_race", help="the runs' folders go under it")
     add("--json", default=None, help="default: results/benchmarks/parallel_race.json (--quick: <out>/quick.json)")
     add("--fresh", action="store_true", help="forget the cells already in the JSON")
+    add("--backend", choices=("process", "virtual"), default="process",
+        help="virtual: K = 2..16 in virtual time (benchmarks/parallel_virtual.py; its own flags)")
     args = parser.parse_args(argv)
     if 0 not in args.seeds:
         parser.error("--seeds: the tuning runs on seed 0; include 0")
@@ -391,7 +394,7 @@ def race_main(argv):
     from benchmarks.async_efficiency import machine
     cells, began = kept.get("cells", {}), time.perf_counter()
     results = dict(benchmark="parallel_race", **machine(), omp_wait_policy="PASSIVE", settings=settings,
-                   cells=cells)
+                   cells=cells, **{k: v for k, v in kept.items() if k == "virtual"})   # --backend virtual's
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def write():
@@ -410,5 +413,8 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["run"]:
         cli.check_flags(run_parser(), validate, sys.argv[2:])   # bad flags: refused before torch loads
         cli.run_script(lambda: run_main(sys.argv[2:]))
+    elif "--backend" in sys.argv and "virtual" in sys.argv:   # K devices in virtual time
+        from benchmarks import parallel_virtual
+        cli.run_script(lambda: parallel_virtual.main(sys.argv[1:]))
     else:
         cli.run_script(lambda: race_main(sys.argv[1:]))

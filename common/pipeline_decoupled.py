@@ -68,14 +68,19 @@ class Stream:
             """Activations go up; `returns` come down, into room for more than a stage ever leaves
             unanswered (dni 2 --queue + 2, ddg K - k): a returning message never waits, so a
             stage that stops to evaluate cannot block the one above it."""
-            return Link(peer, (B, *shape), args.queue if up else 2 * args.queue + 2 + K, args.steps,
-                        FORWARD_TAG if up else BACKWARD_TAG, timeline, args.peer_timeout,
-                        "activation" if up else self.returns, receiving)
+            return self.open_link(peer, (B, *shape), args.queue if up else 2 * args.queue + 2 + K,
+                                  FORWARD_TAG if up else BACKWARD_TAG, "activation" if up else self.returns,
+                                  receiving)
         back = self.returns is not None
         self.inbox = None if self.first else link(rank - 1, self.in_shape, True, True)
         self.outbox = None if self.last else link(rank + 1, self.out_shape, True, False)
         self.from_above = link(rank + 1, self.out_shape, False, True) if back and not self.last else None
         self.to_below = link(rank - 1, self.in_shape, False, False) if back and not self.first else None
+
+    def open_link(self, peer, shape, capacity, tag, what, receiving):
+        """A gloo link to a neighbour rank (common/stage_replay.py gives an in-process one)."""
+        return Link(peer, shape, capacity, self.args.steps, tag, self.timeline, self.args.peer_timeout, what,
+                    receiving)
 
     def train_body(self, scale=1.0):
         """dni, cdni, ddg: the body learns at --lr x scale (and the last stage's head, at --lr:

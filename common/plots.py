@@ -5,7 +5,8 @@
 overlays the test-accuracy curves of several runs (one line per run and
 component), against iteration and against training seconds. The scripts
 call `plot_run` (curves.png of a run folder), `plot_series` (any lines
-against a clock; `series_by` groups logged rows into such lines),
+against a clock; `series_by` groups logged rows into such lines; `plot_panels`
+such lines in panels), `plot_map` (a table of labels, coloured by label),
 `plot_images` (a grid of pictures) and `plot_surfaces` (a target function
 of two variables beside snapshots of learned ones).
 """
@@ -112,6 +113,40 @@ def plot_series(out, series, xlabel, ylabel, logy=False, title=None, ylow=None):
     if title:
         axis.set_title(title)
     return _save(fig, out, dpi=120)
+
+
+def plot_panels(out, panels, xlabel, ylabel, logx=False, logy=False, title=None):
+    """plot_series' lines in panels side by side: panels = {panel title: {label: (xs, ys)}};
+    a None in ys is a gap (the line is not drawn there)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    for axis, (name, series) in zip(axes[0], panels.items()):
+        for label, (xs, ys) in series.items():
+            ys = [float("nan") if y is None else y for y in ys]
+            axis.plot(xs, ys, marker="o", label=label)
+        axis.set_xscale("log" if logx else "linear")
+        axis.set_yscale("log" if logy else "linear")
+        axis.set_title(name, fontsize=10)
+        _label(axis, xlabel, ylabel)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out, dpi=110)
+
+
+def plot_map(out, rows, columns, cells, title=None):
+    """A table of labels as a picture: cells[(row, column)] = label (missing: blank); one
+    colour per distinct label."""
+    labels = sorted(set(cells.values()))
+    grid = [[labels.index(cells[r, c]) if (r, c) in cells else float("nan") for c in columns] for r in rows]
+    fig, axis = plt.subplots(figsize=(1.3 * len(columns) + 2, 0.6 * len(rows) + 1.5))
+    axis.imshow(grid, cmap="tab10", vmin=0, vmax=9, aspect="auto")
+    for i, r in enumerate(rows):
+        for j, c in enumerate(columns):
+            axis.text(j, i, cells.get((r, c), ""), ha="center", va="center", fontsize=8)
+    axis.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
+    axis.set_yticks(range(len(rows)), rows, fontsize=8)
+    if title:
+        axis.set_title(title, fontsize=10)
+    return _save(fig, out, dpi=110)
 
 
 def series_by(rows, key, x, y):

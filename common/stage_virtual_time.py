@@ -308,6 +308,7 @@ def price(method, network="mlp", K=2, microbatches=None, batch_size=128, link=No
                 seconds_per_step=span / (steps - half), bubble=[1 - b / span for b in busy],
                 compute_seconds=[b / (steps - half) for b in busy], action_seconds=actions,
                 sent_bytes_per_step=[st.sent / steps for st in stages],
+                finish=[max(st.marks[s][0] for st in stages) for s in range(steps)],   # when each step has ended
                 **(dict(trace=[st.trace for st in stages], polls=[st.polls for st in stages]) if trace else {}))
 
 
