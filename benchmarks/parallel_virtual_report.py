@@ -52,8 +52,19 @@ def tables(data):
               "steps", "final %", "seeds"]
     body = [[str(r["K"]), link(r), label(r), f"{1e3 * r['seconds_per_step']:.1f}", f"{100 * max(r['bubble']):.0f} %",
              *("-" if r["mean_seconds"][t] is None else f"{r['mean_seconds'][t]:.1f}" for t in targets),
-             str(r.get("steps", 1200)), f"{100 * sum(r['final']) / len(r['final']):.2f}", ", ".join(map(str, r["seeds"]))] for r in rows]
-    return ["", *table(header, body), "", caption(data), ""]
+             str(r["steps"]), f"{100 * sum(r['final']) / len(r['final']):.2f}", ", ".join(map(str, r["seeds"]))] for r in rows]
+    lines = ["", *table(header, body), "", caption(data), ""]
+    checks = data["virtual"].get("formulas", [])
+    if checks:
+        lines += ["*What the simulator confirms (the K sweep's link; the projection to large K below uses these "
+                  "formulas)*", "", *table(
+                      ["K", "1F1B: M", "its largest bubble", "(K-1)/(M+K-1)", "DDP: step beyond its compute (s)",
+                       "ring formula 2(K-1)(buckets x latency + W/(K bandwidth)) (s)", "DGL: step (s)",
+                       "its slowest stage's compute (s)"],
+                      [[str(c["K"]), str(c["microbatches"]), f"{c['bubble_1f1b']:.3f}", f"{c['bubble_formula']:.3f}",
+                        f"{c['ddp_beyond_compute_s']:.4f}", f"{c['ddp_ring_formula_s']:.4f}",
+                        f"{c['dgl_step_s']:.4f}", f"{c['dgl_slowest_stage_s']:.4f}"] for c in checks]), ""]
+    return lines
 
 
 def caption(data):
@@ -96,17 +107,22 @@ def block(results, readme_dir, assets):
     Ks = sorted({K for K, _, _ in groups})
     links = list(dict.fromkeys((lat, bw) for _, lat, bw in sorted(groups, key=lambda c: (-c[2], c[1]))))
     sweep_link = max(links, key=lambda lb: sum((K, *lb) in groups for K in Ks))
-    sweep_K = max(Ks, key=lambda K: sum((K, *lb) in groups for lb in links))
+    sweep_K = max(Ks, key=lambda K: (sum((K, *lb) in groups for lb in links), K))
 
-    def seconds(method, keys, t):
-        got = [(x, next((r["mean_seconds"][t] for r in groups.get(key, []) if r["method"] == method), None))
-               for x, key in keys]
-        return [x for x, _ in got], [s for _, s in got]
+    def lines(keys, t):
+        """{method: (xs, seconds)}; a method that reached the target nowhere says so."""
+        out = {}
+        for m in methods:
+            got = [(x, next((r["mean_seconds"][t] for r in groups.get(key, []) if r["method"] == m), None))
+                   for x, key in keys]
+            reached = any(s is not None for _, s in got)
+            out[m + ("" if reached else " (not reached)")] = ([x for x, _ in got], [s for _, s in got])
+        return out
     by_K = {f"{100 * float(t):g} %, {sweep_link[0]:g} ms, {sweep_link[1]:g} Gbit/s":
-            {m: seconds(m, [(K, (K, *sweep_link)) for K in Ks], t) for m in methods} for t in targets}
+            lines([(K, (K, *sweep_link)) for K in Ks], t) for t in targets}
     bandwidths = sorted({bw for _, bw in links}, reverse=True)
     by_latency = {f"{100 * float(t):g} %, K = {sweep_K}, {bw:g} Gbit/s":
-                  {m: seconds(m, [(lat, (sweep_K, lat, bw)) for lat, b in links if b == bw], t) for m in methods}
+                  lines([(lat, (sweep_K, lat, bw)) for lat, b in links if b == bw], t)
                   for t in targets for bw in bandwidths}
     maps = {t: {(f"K = {K}", f"{lat:g} ms, {bw:g} Gbit/s"): (label(f) if (f := first(g, t)) else "none")
                 for (K, lat, bw), g in groups.items()} for t in targets}
@@ -118,10 +134,10 @@ def block(results, readme_dir, assets):
                                                               [f"{lat:g} ms, {bw:g} Gbit/s" for lat, bw in links]),
                    f"first to {100 * float(t):g} %", None) for t in targets)]
     rel = lambda p: Path(os.path.relpath(p, readme_dir)).as_posix()
-    figures = [f"![seconds to each target against K, one line per method]({rel(out['k'])})",
+    figures = [f"![seconds to each target against K, one line per method]({rel(out['k'])}) "
                f"![seconds to each target against latency at K = {sweep_K}]({rel(out['latency'])})",
-               *(f"![the first method to {100 * float(t):g} % in each cell]({rel(out[f'first{100 * float(t):g}'])})"
-                 for t in targets)]
+               " ".join(f"![the first method to {100 * float(t):g} % in each cell]({rel(out[f'first{100 * float(t):g}'])})"
+                        for t in targets)]
     return [caption(data), "", *figures, "", *(sentence(k, g, targets) for k, g in groups.items())], pictures
 
 

@@ -38,6 +38,8 @@ BENCHMARKS = {
     "parallel_race": ([], None),   # only the cells not yet in its JSON (about 1 h 45 min from scratch)
     # prices the race's runs (in runs/parallel_race) on localhost gloo's measured link: seconds
     "parallel_calibration": (["--latency-ms", "0.4", "--bandwidth-gbit", "23"], None),
+    # K = 2-16 in virtual time from the race's JSON (only the trainings not yet in it; about 2 h)
+    "parallel_virtual": ([], None),
     "soak": ([], None),   # 4 processes for 10 minutes: does any process's memory grow?
 }
 

@@ -125,6 +125,10 @@ def plot_panels(out, panels, xlabel, ylabel, logx=False, logy=False, title=None)
             axis.plot(xs, ys, marker="o", label=label)
         axis.set_xscale("log" if logx else "linear")
         axis.set_yscale("log" if logy else "linear")
+        if logx:   # the xs themselves as ticks: K = 2, 4, 8, 16, not powers of ten
+            ticks = sorted({x for xs, _ in series.values() for x in xs})
+            axis.set_xticks(ticks, [f"{x:g}" for x in ticks])
+            axis.minorticks_off()
         axis.set_title(name, fontsize=10)
         _label(axis, xlabel, ylabel)
     if title:

@@ -84,10 +84,20 @@ def stage_counts(method, network, width, depth, K, k, batch, M=1):
     return _stage_actions(method, network, width, depth, K, k, batch, M, "meta")
 
 
-@functools.cache
+MEASURED = {}   # stage_seconds' results by "method/network/width/depth/K/k/batch/M": a study keeps and reloads them
+
+
 def stage_seconds(method, network, width, depth, K, k, batch, M=1, repeats=5):
     """The same actions run for real on this CPU, one thread: ({what: median seconds}, ready
-    [(bytes, seconds into the backward)]) over `repeats` runs after one to warm up."""
+    [(bytes, seconds into the backward)]) over `repeats` runs after one to warm up; measured
+    once per key (MEASURED)."""
+    key = "/".join(map(str, (method, network, width, depth, K, k, batch, M)))
+    if key not in MEASURED:
+        MEASURED[key] = _measure(method, network, width, depth, K, k, batch, M, repeats)
+    return MEASURED[key]
+
+
+def _measure(method, network, width, depth, K, k, batch, M, repeats):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # a device is one core, as each rank of the real race
     try:
@@ -133,8 +143,8 @@ def _stage_actions(method, network, width, depth, K, k, batch, M, device):
         c["backward"] = tuple(a + (M - 1) / M * (b - a) for a, b in zip(alone, added))
         trained = (body, head) if last else (body,)
         if method == "ddp":   # its reducer copies each gradient into its bucket, and back once all-reduced
-            c["bucket_copy"] = _reducer_seconds(module, x, y) if device == "cpu" else _count(lambda: [
-                torch.cat([p.grad.view(-1) for p in module.parameters()]).div_(2).split(1)])[0]
+            c["bucket_copy"] = _reducer_seconds(module, x, y) if device == "cpu" else _count(   # in, divided, out
+                lambda: torch.cat([p.grad.view(-1) for p in module.parameters()]).div_(2).clone())[0]
     elif method == "ddg":
         def forward():
             weights = {n: p.detach().clone().requires_grad_() for n, p in body.named_parameters()}

@@ -519,3 +519,43 @@ def test_parallel_race_without_its_json(tree):
     assert block(generate(tree, readme="PR.md")[0], "parallel_race").strip() == (
         "(no parallel race yet: python benchmarks/parallel_race.py)")
     assert not (tree / "assets" / "parallel_race_k2.png").exists()
+
+
+def virtual_row(method, K, latency, seconds, M=None):
+    """A row of parallel_virtual.py's: seed 0's seconds to 85 % and 87 % (None: not reached)."""
+    return dict(network="mlp", method=method, K=K, latency_ms=latency, bandwidth_gbit=10.0, backend="virtual",
+                lr=1e-4, steps=1200, microbatches=M, seconds_per_step=0.01 * K, bubble=[0.1, 0.2], seeds=[0],
+                seconds={t: [s] for t, s in zip(("0.85", "0.87"), seconds)},
+                mean_seconds=dict(zip(("0.85", "0.87"), seconds)), final=[0.86], wall_seconds=1.0)
+
+
+def test_parallel_virtual_block_says_who_is_first_in_each_cell(tree):
+    """The virtual study's block: one sentence per (K, link) cell, first decoupled method
+    against the first synchronous one, from the rows; its figures drawn; its table in
+    benchmarks/README.md."""
+    write_parallel_race(tree / "results")
+    path = tree / "results" / "benchmarks" / "parallel_race.json"
+    data = json.loads(path.read_text())
+    data["virtual"] = dict(settings=dict(grid="test grid", eval_every=100, eval_size=10000, prices="measured",
+                                         dataset="fashion-mnist"),
+                           rows=[virtual_row("1f1b", 2, 1.0, (30.0, 60.0), 4), virtual_row("dgl", 2, 1.0, (10.0, None)),
+                                 virtual_row("ddp", 8, 1.0, (80.0, 160.0)), virtual_row("1f1b", 8, 1.0, (50.0, 100.0), 8),
+                                 virtual_row("dgl", 8, 1.0, (12.0, None)), virtual_row("predsim", 8, 1.0, (20.0, 90.0)),
+                                 virtual_row("1f1b", 8, 50.0, (70.0, 140.0), 16), virtual_row("dgl", 8, 50.0, (None, None))])
+    path.write_text(json.dumps(data))
+    (tree / "PR.md").write_text(PARALLEL_README + "<!-- parallel_virtual:begin -->\n<!-- parallel_virtual:end -->\n")
+    readme, bench = generate(tree, readme="PR.md")
+    text = block(readme, "parallel_virtual")
+    assert line_starting(text, "- K = 8, 1 ms") == (
+        "- K = 8, 1 ms, 10 Gbit/s: 85 %: dgl in 12.0 s, 1f1b (M = 8) in 50.0 s (0.24x); "
+        "87 %: predsim in 90.0 s, 1f1b (M = 8) in 100.0 s (0.90x).")
+    assert line_starting(text, "- K = 8, 50 ms") == (
+        "- K = 8, 50 ms, 10 Gbit/s: 85 %: no decoupled method; 1f1b (M = 16) in 70.0 s; "
+        "87 %: no decoupled method; 1f1b (M = 16) in 140.0 s.")
+    assert line_starting(text, "- K = 2") == "- K = 2, 1 ms, 10 Gbit/s: 85 %: dgl in 10.0 s, 1f1b (M = 4) in 30.0 s " \
+        "(0.33x); 87 %: no decoupled method; 1f1b (M = 4) in 60.0 s."
+    for name in ("k", "latency", "first85", "first87"):
+        assert (tree / "assets" / f"parallel_virtual_{name}.png").stat().st_size > 0
+        assert f"(assets/parallel_virtual_{name}.png)" in text
+    assert line_starting(bench, "| 8 | 1 ms, 10 Gbit/s | predsim |") == (
+        "| 8 | 1 ms, 10 Gbit/s | predsim | 80.0 | 20 % | 20.0 | 90.0 | 1200 | 86.00 | 0 |")
