@@ -143,8 +143,9 @@ def decoupled_row(args, method, K, link, lr, data, replays, targets, shape, save
 
 
 def formulas(Ks, shape):
-    """What the simulator confirms at each K (the K sweep's link), for the projection to large K:
-    the pipeline bubble against (K-1)/(M+K-1); DDP's all-reduce against its ring formula
+    """What the simulator confirms at each K, for the projection to large K: the pipeline bubble
+    on a free link (0 ms, unlimited) against (K-1)/(M+K-1); at the K sweep's link, DDP's
+    all-reduce against its ring formula
     2(K-1) (buckets x latency + W / (K x bandwidth)) (the step beyond its compute: what the
     backward did not hide); a decoupled step against its slowest stage's compute."""
     from common.stage_networks import build_network
@@ -152,14 +153,14 @@ def formulas(Ks, shape):
     link, out = link_of(*SLICE_LINK), []
     for K in Ks:
         M = 4 * K if 128 % (4 * K) == 0 else K
-        pipe = price("1f1b", K=K, microbatches=M, link=link, machine="measured", steps=8, **shape)
+        pipe = price("1f1b", K=K, microbatches=M, machine="measured", steps=8, **shape)   # a free link: the schedule
         ddp = price("ddp", K=K, link=link, machine="measured", steps=8, **shape)
         weights = 4 * sum(p.numel() for p in build_network("mlp", 0, shape["width"], shape["depth"])
                           .backprop_net().parameters())
         buckets = -(-(weights - 2 ** 20) // (25 * 2 ** 20)) + 1
         ring = 2 * (K - 1) * (buckets * link.latency_s + weights / K / link.bandwidth)
         dgl = price("dgl", K=K, link=link, machine="measured", steps=40, **shape)
-        out.append(dict(K=K, microbatches=M, bubble_1f1b=round(max(pipe["bubble"]), 4),
+        out.append(dict(K=K, microbatches=M, bubble_1f1b=round(min(pipe["bubble"]), 4),   # the busiest stage
                         bubble_formula=round((K - 1) / (M + K - 1), 4),
                         ddp_beyond_compute_s=round(ddp["seconds_per_step"] - ddp["compute_seconds"][0], 5),
                         ddp_ring_formula_s=round(ring, 5), dgl_step_s=round(dgl["seconds_per_step"], 5),
@@ -227,7 +228,7 @@ def main(argv):
             print(f"  {method:8} M {row['microbatches'] or '-':>3} {1e3 * row['seconds_per_step']:8.2f} ms/step  "
                   + "  ".join(f"{t}: {row['mean_seconds'][t] or '-'} s" for t in row["mean_seconds"])
                   + f"  final {100 * mean(row['final'], 6):.2f} %", flush=True)
-    virtual["formulas"] = formulas(sorted({K for K, *_ in rows}), shape)
+    virtual["formulas"] = formulas(sorted({key[1] for key in rows}), shape)
     save()
     print(f"written: {path} ({time.perf_counter() - began:.0f} s)")
 

@@ -56,9 +56,9 @@ def tables(data):
     lines = ["", *table(header, body), "", caption(data), ""]
     checks = data["virtual"].get("formulas", [])
     if checks:
-        lines += ["*What the simulator confirms (the K sweep's link; the projection to large K below uses these "
-                  "formulas)*", "", *table(
-                      ["K", "1F1B: M", "its largest bubble", "(K-1)/(M+K-1)", "DDP: step beyond its compute (s)",
+        lines += ["*What the simulator confirms (the projection to large K below uses these formulas; 1F1B on a "
+                  "free link, DDP and DGL at 1 ms, 10 Gbit/s)*", "", *table(
+                      ["K", "1F1B: M", "its busiest stage's bubble", "(K-1)/(M+K-1)", "DDP: step beyond its compute (s)",
                        "ring formula 2(K-1)(buckets x latency + W/(K bandwidth)) (s)", "DGL: step (s)",
                        "its slowest stage's compute (s)"],
                       [[str(c["K"]), str(c["microbatches"]), f"{c['bubble_1f1b']:.3f}", f"{c['bubble_formula']:.3f}",

@@ -391,7 +391,7 @@ def test_strip_command_keeps_everything_but_seed_and_out():
 def test_the_readmes_are_what_make_results_makes_of_results(tmp_path):
     """No hand edit inside a generated block of README.md or benchmarks/README.md: regenerated
     from a copy of results/, both come out as they are. The README a newcomer reads first stays
-    short (at most 470 lines: 450 before the K-devices table) and opens with the race's table,
+    short (at most 520 lines: 450 before the K-devices section's two studies) and opens with the race's table,
     before any script's block."""
     shutil.copytree(ROOT / "results", tmp_path / "results")
     (tmp_path / "benchmarks").mkdir()
@@ -403,7 +403,7 @@ def test_the_readmes_are_what_make_results_makes_of_results(tmp_path):
     for name in ("README.md", "benchmarks/README.md"):
         assert (tmp_path / name).read_text() == (ROOT / name).read_text(), f"{name}: run benchmarks/make_results.py"
     readme = (ROOT / "README.md").read_text()
-    assert len(readme.splitlines()) <= 470
+    assert len(readme.splitlines()) <= 520
     assert readme.index("<!-- headline:begin -->") < readme.index("<!-- results:")
     assert "| network | method |" in block(readme, "headline")
 
