@@ -170,6 +170,10 @@ def formulas(Ks, shape):
 
 def main(argv):
     args = parser().parse_args(argv)
+    for K in args.K:   # the race's mlp: 16 blocks, a batch of 128 (DDP splits it K ways)
+        if K < 2 or K > 16 or 128 % K:
+            raise cli.UserError(f"--K {K}: the race's network splits into 2 to 16 stages, K dividing the batch "
+                                "of 128 (2, 4, 8, 16)")
     path = Path(args.json)
     if not path.is_file():
         raise cli.UserError(f"--json {path}: no such file; run benchmarks/parallel_race.py (the process race) first")

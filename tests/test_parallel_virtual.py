@@ -63,8 +63,11 @@ def test_a_synchronous_step_priced_once_is_every_step_of_a_simulated_run(method)
     assert finish == pytest.approx([once * (s + 1) for s in range(12)], rel=1e-9)
 
 
-def test_the_study_refuses_a_missing_race_in_one_line(tmp_path):
+@pytest.mark.parametrize("flags, says", [([], "no such file"), (["--K", "32"], "--K 32: the race's network"),
+                                         (["--K", "3"], "--K 3: the race's network")])
+def test_the_study_refuses_bad_input_in_one_line(tmp_path, flags, says):
     result = subprocess.run([sys.executable, "benchmarks/parallel_race.py", "--backend", "virtual", "--json",
-                             str(tmp_path / "none.json")], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "no such file" in result.stderr
+                             str(tmp_path / "none.json"), *flags], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and says in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "none.json").exists()
