@@ -151,13 +151,13 @@ def formulas(Ks, shape):
     from common.stage_networks import build_network
     from common.stage_virtual_time import price
     link, out = link_of(*SLICE_LINK), []
+    weights = 4 * sum(p.numel() for p in build_network("mlp", 0, shape["width"], shape["depth"])
+                      .backprop_net().parameters())
+    buckets = -(-(weights - 2 ** 20) // (25 * 2 ** 20)) + 1   # DDP's: 1 MiB, then 25 MiB each
     for K in Ks:
         M = 4 * K if 128 % (4 * K) == 0 else K
         pipe = price("1f1b", K=K, microbatches=M, machine="measured", steps=8, **shape)   # a free link: the schedule
         ddp = price("ddp", K=K, link=link, machine="measured", steps=8, **shape)
-        weights = 4 * sum(p.numel() for p in build_network("mlp", 0, shape["width"], shape["depth"])
-                          .backprop_net().parameters())
-        buckets = -(-(weights - 2 ** 20) // (25 * 2 ** 20)) + 1
         ring = 2 * (K - 1) * (buckets * link.latency_s + weights / K / link.bandwidth)
         dgl = price("dgl", K=K, link=link, machine="measured", steps=40, **shape)
         out.append(dict(K=K, microbatches=M, bubble_1f1b=round(min(pipe["bubble"]), 4),   # the busiest stage

@@ -67,6 +67,11 @@ def split_network(network, width, depth, K, device="meta"):
     return copy.deepcopy(net).to(device), *split(net, K)
 
 
+@functools.cache
+def _counted_update(shapes, scale=1):
+    return _update_counts(shapes, scale, _count)   # counts do not change: once per shape
+
+
 def _update_counts(shapes, scale=1, clock=_count):
     """Fused Adam over parameters of these shapes (grads / scale first, as torch's pipelines do)."""
     params = [torch.zeros(s, requires_grad=True) for s in shapes]
@@ -112,6 +117,7 @@ def _measure(method, network, width, depth, K, k, batch, M, repeats):
 def _stage_actions(method, network, width, depth, K, k, batch, M, device):
     """Stage k's actions, counted on the meta device or timed on the CPU."""
     clock, since = (_count, Counting) if device == "meta" else (_time, _Since)
+    update = _counted_update if device == "meta" else functools.partial(_update_counts, clock=clock)
     net, bounds, shapes = split_network(network, width, depth, K, device)
     body, head = stage_of(net, bounds, k)
     first, last, c, ready = k == 0, k == K - 1, {}, []
@@ -161,8 +167,8 @@ def _stage_actions(method, network, width, depth, K, k, batch, M, device):
         c["backward"] = clock(lambda: (h.backward(g / batch), x.grad * batch if not first else None))[0]
         target = torch.zeros(batch, size, device=device)
         learn = clock(lambda: F.mse_loss(sg(h.detach().flatten(1), y), target).backward())[0]
-        c["synthetic_learn"] = tuple(a + b for a, b in zip(learn, _update_counts(_shapes(sg), clock=clock)))
-    c["update"] = _update_counts(_shapes(*trained), M, clock)
+        c["synthetic_learn"] = tuple(a + b for a, b in zip(learn, update(_shapes(sg))))
+    c["update"] = update(_shapes(*trained), M)
     return c, ready
 
 

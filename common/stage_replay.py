@@ -59,7 +59,6 @@ class ScriptedLink:
 
 class _Quiet:
     """What a rank's timeline and activation meter are, where nobody measures."""
-    step, wait_seconds, compute_seconds = 0, 0.0, 0.0
 
     def span(self, *args, **kwargs):
         return contextlib.nullcontext()
