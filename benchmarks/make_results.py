@@ -466,7 +466,7 @@ def main(argv=None):
         readme = replace_block(readme, "parallel_race", race, args.readme)
     if "<!-- parallel_virtual:begin -->" in readme or (race_json.exists() and "virtual" in race_json.read_text()):
         virtual, virtual_pictures = parallel_virtual_report.block(args.results, readme_path.resolve().parent,
-                                                                  args.assets)
+                                                                  args.assets, bench_path.resolve())
         readme = replace_block(readme, "parallel_virtual", virtual, args.readme)
     for script in re.findall(r"<!-- results:([\w-]+):begin -->", readme):
         block = (script_block(script, groups[script], found[script], readme_path.resolve().parent, every)

@@ -4,8 +4,9 @@ results/benchmarks/parallel_race.json; benchmarks/make_results.py calls it.
 
 The table: every (K, link, method) row. The block: the figures (seconds to each target against
 K at the K sweep's link; against latency at the latency sweep's K, a panel per bandwidth and
-target; the first method to each target in every cell, as a map) and one sentence per cell:
-the first decoupled method against the first synchronous one, read off the rows.
+target; the first method to each target in every cell, as a map) and one sentence per cell of
+the K sweep: the first decoupled method against the first synchronous one, read off the rows;
+the table carries every cell's sentence.
 """
 import json
 import os
@@ -53,7 +54,9 @@ def tables(data):
     body = [[str(r["K"]), link(r), label(r), f"{1e3 * r['seconds_per_step']:.1f}", f"{100 * max(r['bubble']):.0f} %",
              *("-" if r["mean_seconds"][t] is None else f"{r['mean_seconds'][t]:.1f}" for t in targets),
              str(r["steps"]), f"{100 * sum(r['final']) / len(r['final']):.2f}", ", ".join(map(str, r["seeds"]))] for r in rows]
-    lines = ["", *table(header, body), "", caption(data), ""]
+    groups = cells(data)
+    lines = ["", *table(header, body), "", caption(data), "", "*The first decoupled method against the first "
+             "synchronous one, in every cell*", "", *(sentence(k, g, targets) for k, g in groups.items()), ""]
     checks = data["virtual"].get("formulas", [])
     if checks:
         lines += ["*What the simulator confirms (the projection to large K below uses these formulas; 1F1B on a "
@@ -95,7 +98,7 @@ def sentence(key, rows, targets):
     return f"- K = {K}, {latency:g} ms, {bandwidth:g} Gbit/s: " + "; ".join(parts) + "."
 
 
-def block(results, readme_dir, assets):
+def block(results, readme_dir, assets, bench_readme):
     """(the block's lines, pictures for draw())."""
     path = Path(results, "benchmarks", "parallel_race.json")
     data = json.loads(path.read_text()) if path.exists() else {}
@@ -138,7 +141,9 @@ def block(results, readme_dir, assets):
                f"![seconds to each target against latency at K = {sweep_K}]({rel(out['latency'])})",
                " ".join(f"![the first method to {100 * float(t):g} % in each cell]({rel(out[f'first{100 * float(t):g}'])})"
                         for t in targets)]
-    return [caption(data), "", *figures, "", *(sentence(k, g, targets) for k, g in groups.items())], pictures
+    sweep = [sentence(k, g, targets) for k, g in groups.items() if k[1:] == sweep_link]  # every cell's: benchmarks/
+    return [caption(data), "", *figures, "", *sweep, f"Every cell's sentence (the latency sweep at K = {sweep_K} too): "
+            f"[benchmarks/README.md]({rel(bench_readme)}), parallel_race's tables."], pictures
 
 
 def draw(pictures):

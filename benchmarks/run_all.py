@@ -62,6 +62,10 @@ EXPERIMENTS = [
                                               "--sg-hidden", "1024", "--sg-lr", "3e-5", "--iterations", "6000",
                                               "--plot"], (0,)),
     ("async_mach", "defaults", ["--plot"], (0,)),
+    # --forward child is slow, not stalled: the async study's K = 4, 0 ms cell given 6000 steps
+    ("async_mach", "child-6000", ["--backend", "virtual", "--threads", "1", "--components", "4", "--forward", "child",
+                                  "--latency-ms", "0", "--iterations", "6000", "--eval-every", "100",
+                                  "--stop-at-accuracy", "0.85", "--machine", "83.46", "8.466", "6.41"], (0,)),
     ("layerwise_demo", "defaults", ["--plot"], (0,)),
     # the seed's questions: does the time per layer matter, and does fine-tuning pay?
     ("layerwise_demo", "submodel-front", ["--strategy", "submodel", "--layer-budget", "4", "1", "1"], (0,)),
@@ -71,6 +75,17 @@ EXPERIMENTS = [
     # sim and predsim end far below their paper at 60 s: do they keep climbing with 5 minutes?
     ("layerwise_demo", "predsim-300s", ["--strategy", "backprop", "sim", "predsim", "--seconds", "300",
                                         "--plot"], (0,)),
+    # ... and with BatchNorm before each nonlinearity, as the local-loss paper's blocks
+    ("layerwise_demo", "bn-300s", ["--norm", "batch", "--strategy", "backprop", "sim", "predsim", "--seconds",
+                                   "300", "--plot"], SEEDS),
+    # the local-loss paper's Fashion-MNIST MLP recipe, its 200 epochs (and decay points) scaled to 10;
+    # one thread each, as logged (the three seeds ran side by side)
+    ("layerwise_demo", "mlp-paper-10ep", ["--model", "mlp", "--strategy", "backprop", "sim", "predsim", "--norm",
+                                          "batch", "--dropout", "0.025", "--sim-nonlin", "leakyrelu",
+                                          "--sim-projection", "--local-before-pool", "--zero-heads", "--lr", "5e-4",
+                                          "--batch-size", "128", "--augment", "--epochs", "10", "--eval-every", "469",
+                                          "--eval-size", "10000", "--lr-decay-at", "0.5", "0.75", "0.875", "0.94",
+                                          "--plot", "--threads", "1"], SEEDS),
 ]
 
 
