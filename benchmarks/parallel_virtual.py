@@ -196,12 +196,13 @@ def main(argv):
     replays = virtual.setdefault("replays", {})
     rows = {(r["method"], r["K"], r["latency_ms"], r["bandwidth_gbit"]): r for r in virtual.get("rows", [])}
 
+    from common import stage_prices
+    from common.stage_virtual_time import price
+
     def save():
         virtual.update(settings=settings, rows=list(rows.values()), replays=replays, prices=stage_prices.MEASURED)
         path.write_text(json.dumps(race, indent=1) + "\n")
     data, began = None, time.perf_counter()
-    from common import stage_prices
-    from common.stage_virtual_time import price
     stage_prices.MEASURED.update(virtual.get("prices", {}))   # measured once: every invocation prices alike
     for K, method in dict.fromkeys((K, m) for K, _, _ in grid(args) for m in args.methods):   # prices first,
         for M in ((K, 2 * K, 4 * K) if method in ("gpipe", "1f1b") else (None,)):      # while nothing trains

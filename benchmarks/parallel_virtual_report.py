@@ -45,7 +45,8 @@ def first(rows, target):
 
 
 def tables(data):
-    rows = [r for group in cells(data).values() for r in group]
+    groups = cells(data)
+    rows = [r for group in groups.values() for r in group]
     if not rows:
         return []
     targets = list(rows[0]["seconds"])
@@ -54,7 +55,6 @@ def tables(data):
     body = [[str(r["K"]), link(r), label(r), f"{1e3 * r['seconds_per_step']:.1f}", f"{100 * max(r['bubble']):.0f} %",
              *("-" if r["mean_seconds"][t] is None else f"{r['mean_seconds'][t]:.1f}" for t in targets),
              str(r["steps"]), f"{100 * sum(r['final']) / len(r['final']):.2f}", ", ".join(map(str, r["seeds"]))] for r in rows]
-    groups = cells(data)
     lines = ["", *table(header, body), "", caption(data), "", "*The first decoupled method against the first "
              "synchronous one, in every cell*", "", *(sentence(k, g, targets) for k, g in groups.items()), ""]
     checks = data["virtual"].get("formulas", [])
