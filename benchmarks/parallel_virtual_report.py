@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 
 from benchmarks.make_results import table
-
-SYNC = ("gpipe", "1f1b", "ddp")
+from benchmarks.parallel_virtual import SYNC
 MISSING = "(no virtual study yet: python benchmarks/parallel_race.py --backend virtual)"
 
 
