@@ -1,5 +1,6 @@
 """Write README.md's generated blocks (<!-- X:begin --> ... <!-- X:end -->, X = headline,
-parallel_race and results:<script>), benchmarks/README.md's (X = benchmarks) and results/README.md
+parallel_race and results:<script>), benchmarks/README.md's (X = benchmarks, and by-epoch:<script>/<run
+name> for a run's test error by epoch) and results/README.md
 from what each run and benchmark declared, and copy the runs' figures into assets/. No number is
 typed by hand. Reads results/<script>/<run>/{summary,config}.json and
 metrics.csv (grouped by command, --seed and --out left out) and results/benchmarks/<name>.json;
@@ -330,7 +331,32 @@ def group_table(group, say_left_out=True):
                          [[f"{p['method']} vs {p['baseline']}", fmt(p["seconds"], "s", "not reached")
                            + of(p["seconds"], p["n"]), fmt(p["baseline_seconds"], "s"),
                            f"{fmt(p['ratios'], 'x')} {p['baseline']}'s" if p["ratios"] else "-"] for p in timed]), ""]
-    return lines + ([left_out(pairs), ""] if left_out(pairs) and say_left_out else [])
+    epochs = by_epoch(group, columns=100) if say_left_out else None   # results/README.md: every epoch
+    return lines + ([left_out(pairs), ""] if left_out(pairs) and say_left_out else []) + (
+        [*epochs, ""] if epochs else [])
+
+
+def by_epoch(group, columns=10):
+    """Test error (%) at the end of each epoch, mean over the seeds, a row per strategy, for a
+    group trained for a number of epochs and evaluated at every epoch's end (layerwise_demo's
+    --epochs with --eval-every the steps of an epoch); at most `columns` epochs, evenly spaced
+    and ending with the last. None for any other group."""
+    epochs = json.loads((group["runs"][0]["folder"] / "config.json").read_text()).get("epochs")
+    if not epochs:
+        return None
+    errors = defaultdict(lambda: defaultdict(list))   # strategy -> epoch -> one error per seed
+    for run in group["runs"]:
+        for row in logged(run["folder"]):
+            epoch = number(row.get("epoch"))
+            acc = number(row.get(f"acc/{row.get('strategy')}"))
+            if acc is not None and epoch and abs(epoch - round(epoch)) < 0.01:
+                errors[row["strategy"]][round(epoch)].append(100 * (1 - acc))
+    last = round(epochs)
+    shown = sorted({last, *range(last, 0, -max(1, math.ceil(last / columns)))})
+    if not errors or any(len(errors[s][e]) != len(group["runs"]) for s in errors for e in shown):
+        return None
+    return table(["test error (%) after epoch", *map(str, shown)],
+                 [[strategy, *(f"{statistics.fmean(by[e]):.2f}" for e in shown)] for strategy, by in errors.items()])
 
 
 def hardware(groups, shown):
@@ -455,6 +481,11 @@ def main(argv=None):
     # every block is found before anything (a README, a figure) is written
     bench = replace_block(bench_path.read_text(), "benchmarks", benchmarks_block(args.results),
                           args.benchmarks_readme)
+    for script, label in re.findall(r"<!-- by-epoch:([\w-]+)/([\w-]+):begin -->", bench):
+        group = next((g for g in groups.get(script, []) if g["label"] == label), None)
+        rows = by_epoch(group) if group else None
+        bench = replace_block(bench, f"by-epoch:{script}/{label}", rows or [
+            f"(no epoch-budget runs logged under results/{script}/{label}-seed<k>/)"], args.benchmarks_readme)
     first = headline_block(args.results, readme_path.resolve().parent, bench_path.resolve())
     readme = replace_block(readme_path.read_text(), "headline", first, args.readme)
     from benchmarks import parallel_race_report, parallel_virtual_report  # they import this module's helpers

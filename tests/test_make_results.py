@@ -303,6 +303,38 @@ def test_results_readme_holds_every_groups_table(tree):
     assert text.count("Hardware: test cpu.") == 1 and "![" not in text and "stale" not in text
 
 
+def test_an_epoch_budget_run_gets_its_error_by_epoch(tree):
+    """A command trained for 12 epochs (two seeds, two strategies, one after the other): its
+    test error after every epoch, mean over the seeds, in results/README.md, and in a
+    by-epoch block at most 10 epochs (every 2nd, ending with the last); an unknown run says so."""
+    accuracy = {(seed, name, epoch): 0.5 + 0.03 * epoch + 0.01 * seed + (0.02 if name == "b" else 0)
+                for seed in (0, 1) for name in "ab" for epoch in range(1, 13)}
+    for seed in (0, 1):
+        folder = write_run(tree / "results", "long", seed, 70.0, 60.0, 30.0, extra=" --epochs 12", figures=())
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(dict(config, epochs=12.0)))
+        with open(folder / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, ["iteration", "epoch", "strategy", "acc/a", "acc/b"])
+            writer.writeheader()
+            for name in "ab":   # an evaluation mid-epoch too: not an epoch's end
+                for epoch in [x / 2 for x in range(1, 25)]:
+                    value = accuracy.get((seed, name, epoch), 0.1)
+                    writer.writerow({"iteration": int(epoch * 10), "epoch": epoch + 0.0004, "strategy": name,
+                                     f"acc/{name}": value})
+    (tree / "BENCH.md").write_text(BENCH + "<!-- by-epoch:toy_mach/long:begin -->\n<!-- by-epoch:toy_mach/long:end -->\n"
+                                   "<!-- by-epoch:toy_mach/none:begin -->\n<!-- by-epoch:toy_mach/none:end -->\n")
+    bench = generate(tree)[1]
+    error = lambda name, epoch: f"{100 * (1 - statistics.fmean(accuracy[s, name, epoch] for s in (0, 1))):.2f}"
+    shown = [2, 4, 6, 8, 10, 12]
+    assert block(bench, "by-epoch:toy_mach/long").strip().splitlines() == [
+        "| test error (%) after epoch | " + " | ".join(map(str, shown)) + " |", "|" + "---|" * 7,
+        *(f"| {name} | " + " | ".join(error(name, e) for e in shown) + " |" for name in "ab")]
+    assert "(no epoch-budget runs logged under results/toy_mach/none-seed<k>/)" in block(bench, "by-epoch:toy_mach/none")
+    every = (tree / "results" / "README.md").read_text()
+    assert "| a | " + " | ".join(error("a", e) for e in range(1, 13)) + " |" in every
+    assert every.count("test error (%) after epoch") == 1   # only the epoch-budget command has one
+
+
 def test_first_group_is_main_without_defaults(tree):
     for folder in (tree / "results" / "toy_mach").glob("defaults-seed*"):
         shutil.rmtree(folder)
