@@ -46,6 +46,34 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
+def answered_within(seconds, ask, *args):
+    """ask(*args), a question to the board (check, get, set), waiting at most `seconds`.
+
+    A TCPStore round trip over a link that went down waits until TCP gives up, many minutes:
+    neither the store's timeout nor set_timeout bounds it (measured across two network
+    namespaces: a `check` still waiting after 90 s with both at 4 s). A `set` needs no answer
+    and returns at once, but waits for the lock a stuck call holds. So the question is asked
+    in a daemon thread, left waiting if no answer comes: the process can still exit.
+    """
+    answer = {}
+
+    def ask_and_keep():
+        try:
+            answer["value"] = ask(*args)
+        except BaseException as error:   # handed to the caller
+            answer["error"] = error
+
+    asker = threading.Thread(target=ask_and_keep, daemon=True, name="board-question")
+    asker.start()
+    asker.join(seconds)
+    if asker.is_alive():
+        raise PeerFailure(f"the rendezvous store (on component_0's host) did not answer for {seconds:g} s "
+                          "(that host died or the link to it is down)")
+    if "error" in answer:
+        raise answer["error"]
+    return answer["value"]
+
+
 # -- the board ----------------------------------------------------------------
 class DictBoard:
     """The board for threads: a dict behind a lock, with TCPStore's calls."""

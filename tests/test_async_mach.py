@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -17,8 +18,9 @@ import torch.nn.functional as F
 from conftest import ROOT, ctrl_c_reaches_child, read_run, run_script
 
 import async_mach as am
-from common import runtime, runtime_flags
-from common.rendezvous import free_port
+from common import pulse, runtime, runtime_flags
+from common.rendezvous import answered_within, free_port
+from common.transport import WALL_CLOCK
 
 SCRIPT = "async_mach.py"
 
@@ -382,6 +384,58 @@ def test_a_rank_whose_peers_never_arrive_fails_with_one_line_within_the_join_bou
     last = result.stderr.strip().splitlines()[-1]
     assert "the 2 ranks did not all join within 3 s" in last and "Traceback" not in result.stderr
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_board_that_stops_answering_fails_the_component_within_the_peer_timeout(monkeypatch):
+    """A TCPStore round trip over a link gone down waits minutes (its timeout does not bound it):
+    the pulse's stop check gives up after --peer-timeout and names the store; the failure is
+    still posted (bounded) and run_worker returns. Answers and errors pass through as they are."""
+    answering, answered = threading.Event(), threading.Event()
+
+    class StuckBoard(dict):   # answers until `answering` is cleared, then hangs like the dead link
+        def check(self, keys):
+            if not answering.is_set():
+                answered.wait(10)
+            return all(key in self for key in keys)
+
+        def set(self, key, value):
+            self.check([])
+            self[key] = value
+
+    answering.set()
+    monkeypatch.setattr(pulse, "POST_WAIT_S", 0.2)
+    args = argparse.Namespace(peer_timeout=0.3, seconds=None, slow_ms=0, slow_component=None, fail_after=None,
+                              fail_component=None, malformed_component=None, log_seconds=1.0, components=1,
+                              join_timeout=5.0, out=None)
+
+    class Worker:
+        rank, board, neighbours, failure = 0, StuckBoard(), [], None
+        transport = argparse.Namespace(clock=WALL_CLOCK)
+
+        def __init__(self):
+            self.args = args
+
+        def send(self, dst, **message):
+            pass
+
+        def progress(self):
+            return {}
+
+        def run(self):
+            beat = pulse.Pulse(self, args)
+            answering.clear()
+            while time.perf_counter() < began + 5:   # bounded, should the check hang after all
+                beat()
+
+    began = time.perf_counter()
+    worker = Worker()
+    assert pulse.run_worker(worker) is False
+    assert time.perf_counter() - began < 0.3 + pulse.POST_WAIT_S + 1.5
+    assert "rendezvous store (on component_0's host) did not answer for 0.3 s" in worker.failure
+    answered.set()
+    assert answered_within(1, lambda k: 2 * k, 21) == 42
+    with pytest.raises(KeyError):
+        answered_within(1, {}.__getitem__, "absent")
 
 
 def test_an_accuracy_is_logged_once_when_it_is_measured_not_repeated(tiny_data, tmp_path):
