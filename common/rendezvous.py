@@ -3,7 +3,8 @@ its server bound to the address the user names, 127.0.0.1 by default), the board
 threads use in its place (a dict), a free port, and the network interface that
 routes to the master (gloo's own choice is often 127.0.0.1, which other hosts
 cannot reach). The runtime posts reports, failures and the stop signal on the
-board (common/transport.py's control plane).
+board (common/transport.py's control plane); a component's questions to it go
+through `answered_within`, since a store on a host cut off would never answer.
 """
 import datetime
 import socket
