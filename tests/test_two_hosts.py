@@ -69,12 +69,12 @@ def run_together(commands, outputs, timeout):
 
 
 def test_the_readme_two_host_commands_train_on_both_hosts_as_fast_as_on_one(two_hosts, tiny_data, tmp_path):
-    """The README's two-host commands, one thread per rank, for 20 s; then the same two components
+    """The README's two-host commands, one thread per rank, for 8 s; then the same two components
     under torchrun on one host (same flags, one after the other: they share the same cores). Each
     component steps at least half as fast across the link as on one host, and both learn."""
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     flags = ["async_mach.py", "--backend", "torchrun", "--components", "2", "--dataset", "mnist",
-             "--data-dir", str(tiny_data), "--seconds", "12", "--eval-every", "100", "--threads", "1"]
+             "--data-dir", str(tiny_data), "--seconds", "8", "--eval-every", "100", "--threads", "1"]
     env = {k: v for k, v in os.environ.items() if k != "GLOO_SOCKET_IFNAME"}   # nothing set by hand
     nodes = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", ADDR_A, "--master-port", "29533"]
     outputs = []
