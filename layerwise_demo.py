@@ -30,25 +30,24 @@ sg() is stop-gradient. Strategies:
     predsim       the same with (1 - beta) CE(G_k(h_k), y) + beta sim_k, beta = --predsim-beta
                   --sim-projection: S(P_k h_k), P_k a learned 3x3 conv or linear map, no bias
 
-maxdiff, kl and sim give a block no classifier, so a readout head G_k trains beside it
-on sg(B_k(h)) to measure the full model's loss. Greedy strategies split the budget over
-the blocks by --layer-budget and keep a frozen block's outputs once computed (--cache-gb,
-all caches together). --finetune-seconds S ends every local strategy with S seconds of
-end-to-end Adam, out of the same budget. --blocks k trains the truncated network
-G_k(B_k(...B_1(x))) by backprop: the control for "a smaller model trains faster".
+maxdiff, kl and sim give a block no classifier, so a readout head G_k trains beside it on
+sg(B_k(h)) to measure the full model's loss. Greedy strategies split the budget over the
+blocks by --layer-budget and keep a frozen block's outputs (--cache-gb, all caches together).
+--finetune-seconds S ends every local strategy with S seconds of end-to-end Adam, out of the
+same budget. --blocks k trains G_k(B_k(...B_1(x))) by backprop: the control for "a smaller
+model trains faster".
 
 Every strategy gets the same budget (--seconds of its own training clock, --epochs or
---iterations), initial weights and batches. Every --eval-seconds a curve point tests the
-full model (blocks so far + current head) on the first --eval-size test images: the best
-point and the time to 95 % of backprop's final accuracy come from these; the final
-accuracy is on the whole test set. Evaluation is off the clock.
+--iterations), initial weights and batches. Every --eval-seconds a curve point tests the full
+model (blocks so far + current head) on the first --eval-size test images: the best point and
+the time to 95 % of backprop's final accuracy come from these; the final accuracy is on the
+whole test set. Evaluation is off the clock.
 
 Deviations from the originals: PyTorch; Adam (lr 1e-3) for every strategy but backprop-sgd;
 maxdiff averages over pairs and keeps those with DIFFERENT labels, as the study's comment
 intended (its code kept equal ones); kl, shelved there, is a per-batch Gaussian estimate;
-inputs standardised; G_K is also block K's head; by default sim and predsim read a block's
-output after its pooling and dropout, without BatchNorm: the paper's blocks and its MLP
-recipe are flags (their command and the results: README.md, "layerwise_demo.py").
+inputs standardised; G_K is also block K's head, and sim and predsim read a block's output
+after its pooling and dropout, without BatchNorm: the paper's ways are flags (README.md).
 """
 from types import SimpleNamespace
 
@@ -110,6 +109,7 @@ def build_parser():
           "block's pooling/dropout, conv heads avg-pooled to <= 4096 inputs, the paper's (default: off, after)")
     paper("--zero-heads", action="store_true", help="the local strategies' heads G_k (G_K: the output layer) "
           "start with zero weights, the paper's (default: off, PyTorch's initialisation)")
+    paper("--output-apart", action="store_true", help="sim, predsim: a head for B_K, the output on sg(h_K) (paper)")
     paper("--lr-decay-at", type=cli.fraction, nargs="+", default=None, metavar="F", help="fractions (0-1) of the "
           "budget where each lr is multiplied by --lr-decay-factor (paper: 0.5 0.75 0.875 0.94; default: none)")
     paper("--lr-decay-factor", type=cli.fraction, default=0.25, help="lr factor at each --lr-decay-at, the paper's")
@@ -319,8 +319,7 @@ def train_greedy(strategy, net, curve, batches, race):
         if k + 1 < len(net.blocks):
             previous, prev_offset = features, offset
             with curve.clock:
-                features = LazyCache(lambda i, b=block, f=previous: b(f(i)),
-                                     len(train_x), cache_budget, device)
+                features = LazyCache(lambda i, b=block, f=previous: b(f(i)), len(train_x), cache_budget, device)
                 if strategy == "staged":
                     offset = LazyCache(lambda i, h=head, f=features, o=prev_offset:
                                        h(f(i)) + (o(i) if o is not None else 0),
@@ -358,7 +357,8 @@ def main(argv=None):
                                 staged=strategy == "staged", keep=args.blocks, norm=args.norm,
                                 nonlin=args.sim_nonlin if sim else "relu", dropout=args.dropout,
                                 before_pool=args.local_before_pool and (sim or strategy == "decoupled"),
-                                projection=args.sim_projection and sim, zero_heads=args.zero_heads and local).to(device)
+                                projection=args.sim_projection and sim, zero_heads=args.zero_heads and local,
+                                output_apart=args.output_apart and sim).to(device)
             curve = RaceCurve(run, name, (data.test_x, data.test_y), len(data.train_x), budget_steps,
                               args.eval_every, args.eval_seconds, "strategy", n_eval, args.confirm)
             curves.append(curve)

@@ -125,19 +125,24 @@ class LayerwiseNet(nn.Module):
 
 
 def layerwise_net(name, num_classes, image_shape, seed, staged=False, keep=None, norm="none", nonlin="relu",
-                  dropout=None, before_pool=False, projection=False, zero_heads=False):
+                  dropout=None, before_pool=False, projection=False, zero_heads=False, output_apart=False):
     """BLOCK_MODELS[name] as a LayerwiseNet. Head k < K is one linear layer on block k's
     flattened output (before_pool: on its body's output, split_tail, average-pooled by
     decoder_pool); the last head is the model's own output layer. projection: for each
     block, a 3x3 conv without bias (conv blocks) or a linear layer without bias (dense
     ones) on its body's output (before_pool) or its output, drawn after every other
     weight. zero_heads: every head's weights start at zero. dropout None: the model's
-    own. Same seed, same weights. keep=k: blocks 1..k and head G_k."""
+    own. output_apart: the local-loss code's layout, an empty block B_K+1 after the model's
+    blocks, so that B_K gets a head of its own and the output layer G_K+1 trains on B_K's
+    detached output (the blocks, the other heads and the output layer as without it). Same seed, same weights.
+    keep=k: blocks 1..k and head G_k."""
     torch.manual_seed(seed)
     options = dict(norm=norm, **({"nonlin": nonlin} if nonlin != "relu" else {}),
                    **({"dropout": dropout} if dropout is not None else {}))
     layers = BLOCK_MODELS[name](num_classes=num_classes, **options)
     blocks, output = layers[:-1], layers[-1]
+    if output_apart:
+        blocks.append(nn.Sequential())
     heads, seen, h = [], [], torch.zeros(2, *image_shape)
     with torch.no_grad():
         blocks.eval()  # shapes only: BatchNorm's running statistics stay as built

@@ -218,6 +218,30 @@ def test_paper_losses_reach_only_their_block_and_projection(strategy):
     assert grads == [False, True, False] + [False, True, False] + [False, True, False]
 
 
+def test_output_apart_gives_the_last_block_its_own_head_and_trains_the_output_on_its_detached_output():
+    """The local-loss code's layout: the same network (same weights, same outputs), one head more
+    (for B_K, at zero), and the output layer's predsim loss reaches the output layer only."""
+    plain = lw.layerwise_net("mlp", 10, (1, 28, 28), seed=0, norm="batch", zero_heads=True)
+    apart = lw.layerwise_net("mlp", 10, (1, 28, 28), seed=0, norm="batch", zero_heads=True, output_apart=True)
+    assert len(apart.blocks) == len(plain.blocks) + 1 == 4 and len(list(apart.blocks[-1].parameters())) == 0
+    for mine, theirs in zip([*plain.blocks, *plain.heads[:-1]], [*apart.blocks[:3], *apart.heads[:2]]):
+        assert all(torch.equal(p, q) for p, q in zip(mine.parameters(), theirs.parameters()))
+    assert apart.heads[-1] is not apart.heads[-2] and torch.equal(apart.heads[-1].bias, plain.heads[-1].bias)
+    assert not apart.heads[2][-1].weight.any()   # B_3's own head, at zero
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 4
+    plain.eval(), apart.eval()
+    torch.testing.assert_close(apart(x), plain(x))
+    apart.train()
+    losses = lw.decoupled_losses(apart.blocks, apart.heads, x, y, "predsim", 0.99)
+    (0.01 * F.cross_entropy(apart.heads[-1](apart.blocks[2](apart.blocks[1](apart.blocks[0](x)))), y)
+     ).backward()   # what the output layer's loss should be: nothing from it reaches the blocks
+    expected = apart.heads[-1].weight.grad.clone()
+    apart.zero_grad()
+    losses[3][0].backward()
+    assert not any(p.grad is not None and p.grad.any() for p in apart.blocks.parameters())
+    torch.testing.assert_close(apart.heads[-1].weight.grad, expected)
+
+
 @pytest.mark.parametrize("strategy", ["backprop", "predsim"])
 def test_the_learning_rate_steps_down_at_fractions_of_the_budget(tmp_path, monkeypatch, strategy):
     """Budget 8 steps, --lr-decay-at 0.5 0.75, factor 0.25: steps 0-3 at lr, 4-5 at lr/4, 6-7 at lr/16."""
