@@ -134,8 +134,8 @@ def layerwise_net(name, num_classes, image_shape, seed, staged=False, keep=None,
     weight. zero_heads: every head's weights start at zero. dropout None: the model's
     own. output_apart: the local-loss code's layout, an empty block B_K+1 after the model's
     blocks, so that B_K gets a head of its own and the output layer G_K+1 trains on B_K's
-    detached output (the blocks, the other heads and the output layer as without it). Same seed, same weights.
-    keep=k: blocks 1..k and head G_k."""
+    detached output (the blocks, the other heads and the output layer as without it).
+    Same seed, same weights. keep=k: blocks 1..k and head G_k."""
     torch.manual_seed(seed)
     options = dict(norm=norm, **({"nonlin": nonlin} if nonlin != "relu" else {}),
                    **({"dropout": dropout} if dropout is not None else {}))
