@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from common.rendezvous import answered_within
 from common.transport import PeerFailure, encode
 
 
@@ -21,7 +20,6 @@ class Stopped(Exception):
 HEARTBEAT_S = 0.5      # a component tells its neighbours it is alive this often
 MALFORMED_AFTER = 10   # --malformed-component: steps before its malformed payloads
 REPORT_S = 0.5         # and posts its progress on the board this often
-POST_WAIT_S = 2.0      # a failure is posted if the board takes it within this
 
 
 class Pulse:
@@ -58,7 +56,7 @@ class Pulse:
         now = self.clock.now()
         progress = self.progress()
         if now >= self.next_report or progress.get("evaluations", 0) > self.evaluations:
-            if answered_within(self.peer_timeout, self.board.check, ["stop"]):   # the board may be gone too
+            if self.board.check(["stop"]):
                 raise Stopped()
             self.report(progress)
             self.next_report, self.evaluations = now + self.report_every, progress.get("evaluations", 0)
@@ -143,8 +141,8 @@ def wait_for_the_others(worker):
     board, K, bound = worker.board, worker.args.components, worker.args.join_timeout
     board.set(f"ready/{worker.rank}", "1")
     deadline = time.perf_counter() + bound
-    while not answered_within(worker.args.peer_timeout, board.check, [f"ready/{i}" for i in range(K)]):
-        if answered_within(worker.args.peer_timeout, board.check, ["stop"]):
+    while not board.check([f"ready/{i}" for i in range(K)]):
+        if board.check(["stop"]):
             raise Stopped()
         if time.perf_counter() > deadline:
             missing = [i for i in range(K) if not board.check([f"ready/{i}"])]
@@ -155,6 +153,6 @@ def wait_for_the_others(worker):
 def post(board, key, value):
     """Tell the board, if it can still be reached: the store may be what went away."""
     try:
-        answered_within(POST_WAIT_S, board.set, key, value)
+        board.set(key, value)
     except (RuntimeError, TimeoutError, PeerFailure):
         pass

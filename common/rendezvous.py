@@ -3,8 +3,9 @@ its server bound to the address the user names, 127.0.0.1 by default), the board
 threads use in its place (a dict), a free port, and the network interface that
 routes to the master (gloo's own choice is often 127.0.0.1, which other hosts
 cannot reach). The runtime posts reports, failures and the stop signal on the
-board (common/transport.py's control plane); a component's questions to it go
-through `answered_within`, since a store on a host cut off would never answer.
+board (common/transport.py's control plane); a component reads and writes a
+store's board through `AnsweringBoard`, since a store on a host cut off would
+never answer.
 """
 import datetime
 import socket
@@ -47,8 +48,25 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
+class AnsweringBoard:
+    """A store's board (TCPStore calls) whose every call waits at most `seconds` for its
+    answer, then raises PeerFailure naming the store: what a component is handed."""
+
+    def __init__(self, store, seconds):
+        self.store, self.seconds = store, seconds
+
+    def set(self, key, value):
+        return answered_within(self.seconds, self.store.set, key, value)
+
+    def get(self, key):
+        return answered_within(self.seconds, self.store.get, key)
+
+    def check(self, keys):
+        return answered_within(self.seconds, self.store.check, keys)
+
+
 def answered_within(seconds, ask, *args):
-    """ask(*args), a question to the board (check, get, set), waiting at most `seconds`.
+    """ask(*args), a call to a store (check, get, set), waiting at most `seconds`.
 
     A TCPStore round trip over a link that went down waits until TCP gives up, many minutes:
     neither the store's timeout nor set_timeout bounds it (measured across two network

@@ -62,7 +62,7 @@ from common import cli
 from common.monitor import ComponentFailed, MergedLog, fault_watch, monitor
 from common.pulse import Stopped, component_log, run_worker
 from common.runtime_flags import threads_line
-from common.rendezvous import DictBoard, connect_store, free_port, interface_towards
+from common.rendezvous import AnsweringBoard, DictBoard, connect_store, free_port, interface_towards
 from common.transport import GlooTransport, ThreadTransport
 
 
@@ -203,7 +203,7 @@ def process_worker(rank, args, make_worker, farewells, load, port, launcher):
         store = connect_store(args.master_addr, port, False, args.join_timeout)
         board = torch.distributed.PrefixStore("board/", store)
         transport = gloo_transport(store, rank, args, farewells)
-        if run_worker(make_worker(rank, data, transport, board, device)):
+        if run_worker(make_worker(rank, data, transport, AnsweringBoard(board, args.peer_timeout), device)):
             transport.close()
     except BaseException:
         code = 1
@@ -273,7 +273,7 @@ def run_torchrun(run, args, make_worker, farewells, data, device, rank):
     store = torchrun_store(rank, args.join_timeout)
     board = torch.distributed.PrefixStore("board/", store)
     transport = gloo_transport(store, rank, args, farewells)
-    worker = make_worker(rank, data, transport, board, device)
+    worker = make_worker(rank, data, transport, AnsweringBoard(board, args.peer_timeout), device)
     if rank != 0:  # a plain component: it ends quietly when told to stop, with one line when it failed
         if run_worker(worker):
             transport.close()

@@ -19,7 +19,7 @@ from conftest import ROOT, ctrl_c_reaches_child, read_run, run_script
 
 import async_mach as am
 from common import pulse, runtime, runtime_flags
-from common.rendezvous import answered_within, free_port
+from common.rendezvous import AnsweringBoard, answered_within, free_port
 from common.transport import WALL_CLOCK
 
 SCRIPT = "async_mach.py"
@@ -386,10 +386,11 @@ def test_a_rank_whose_peers_never_arrive_fails_with_one_line_within_the_join_bou
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
 
 
-def test_a_board_that_stops_answering_fails_the_component_within_the_peer_timeout(monkeypatch):
+def test_a_board_that_stops_answering_fails_the_component_within_the_peer_timeout():
     """A TCPStore round trip over a link gone down waits minutes (its timeout does not bound it):
-    the pulse's stop check gives up after --peer-timeout and names the store; the failure is
-    still posted (bounded) and run_worker returns. Answers and errors pass through as they are."""
+    through the AnsweringBoard a process's component gets, the pulse's stop check gives up after
+    --peer-timeout and names the store; posting the failure is bounded too, and run_worker
+    returns. Answers and errors pass through as they are."""
     answering, answered = threading.Event(), threading.Event()
 
     class StuckBoard(dict):   # answers until `answering` is cleared, then hangs like the dead link
@@ -403,13 +404,12 @@ def test_a_board_that_stops_answering_fails_the_component_within_the_peer_timeou
             self[key] = value
 
     answering.set()
-    monkeypatch.setattr(pulse, "POST_WAIT_S", 0.2)
     args = argparse.Namespace(peer_timeout=0.3, seconds=None, slow_ms=0, slow_component=None, fail_after=None,
                               fail_component=None, malformed_component=None, log_seconds=1.0, components=1,
                               join_timeout=5.0, out=None)
 
     class Worker:
-        rank, board, neighbours, failure = 0, StuckBoard(), [], None
+        rank, board, neighbours, failure = 0, AnsweringBoard(StuckBoard(), 0.3), [], None
         transport = argparse.Namespace(clock=WALL_CLOCK)
 
         def __init__(self):
@@ -430,7 +430,7 @@ def test_a_board_that_stops_answering_fails_the_component_within_the_peer_timeou
     began = time.perf_counter()
     worker = Worker()
     assert pulse.run_worker(worker) is False
-    assert time.perf_counter() - began < 0.3 + pulse.POST_WAIT_S + 1.5
+    assert time.perf_counter() - began < 0.3 + 0.3 + 1.5   # the check, then the post
     assert "rendezvous store (on component_0's host) did not answer for 0.3 s" in worker.failure
     answered.set()
     assert answered_within(1, lambda k: 2 * k, 21) == 42
